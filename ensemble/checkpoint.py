@@ -1,0 +1,187 @@
+"""Model folders: `config.json` + `weights.safetensors` + `README.md` (the model card).
+
+`config.json` holds the model hyper-parameters, the codec description (so the model
+always carries its vocabulary exactly), a summary of the data, the training settings
+and the validation loss. Weights are safetensors: loading never unpickles anything, so
+a model folder from a stranger cannot run code. Every way a folder can be broken
+(missing, truncated, mismatched, another format) ends in one `CheckpointError` line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ensemble import codecs
+from ensemble.model import ModelConfig, TokenRNN
+
+FORMAT = "ensemble-model"
+VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "weights.safetensors"
+CARD = "README.md"
+
+
+class CheckpointError(Exception):
+    """A model folder that cannot be loaded; the message is one line that says why."""
+
+
+@dataclass
+class Checkpoint:
+    model: TokenRNN
+    codec: codecs.Codec
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else "?"
+
+
+def save(folder, model: TokenRNN, codec, meta: dict | None = None) -> Path:
+    """Write a model folder atomically: readers see the old folder or the new one, whole."""
+    folder = Path(folder)
+    meta = dict(meta or {})
+    if codec.vocab_size != model.config.vocab_size:
+        raise CheckpointError(f"codec has {codec.vocab_size} tokens but the model {model.config.vocab_size}")
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.config.to_dict(),
+        "codec": codec.describe(),
+        **meta,
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / CARD).write_text(model_card(folder.name, config))
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def resolve(folder) -> Path:
+    """A model folder, or a training run folder (whose `best/` model is meant)."""
+    folder = Path(folder)
+    if not (folder / CONFIG).exists() and (folder / "best" / CONFIG).exists():
+        return folder / "best"
+    return folder
+
+
+def read_config(folder) -> dict:
+    folder = resolve(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such model folder")
+    path = folder / CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: not a model folder (no {CONFIG})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an ensemble model config (format is not {FORMAT!r})")
+    if config.get("version") != VERSION:
+        raise CheckpointError(f"{path}: format version {config.get('version')!r}, this ensemble reads {VERSION}")
+    return config
+
+
+def load(folder, device="cpu") -> Checkpoint:
+    """Load a model folder (or a run folder's best model) for inference, in eval mode."""
+    folder = resolve(folder)
+    config = read_config(folder)
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / CONFIG}: bad model section ({exc})") from None
+    try:
+        codec = codecs.load(config["codec"])
+    except KeyError:
+        raise CheckpointError(f"{folder / CONFIG}: no codec section") from None
+    except codecs.CodecError as exc:
+        raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
+    if codec.vocab_size != model_config.vocab_size:
+        raise CheckpointError(
+            f"{folder}: codec has {codec.vocab_size} tokens but the model was built for {model_config.vocab_size}"
+        )
+    model = TokenRNN.from_config(model_config)
+    weights_path = folder / WEIGHTS
+    if not weights_path.exists():
+        raise CheckpointError(f"{folder}: no {WEIGHTS}")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({exc})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{weights_path}: weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise CheckpointError(
+                f"{weights_path}: {key} has shape {tuple(state[key].shape)}, the config needs {tuple(tensor.shape)}"
+            )
+    model.load_state_dict(state)
+    model.to(device).eval()
+    meta = {k: v for k, v in config.items() if k not in ("format", "version", "model", "codec")}
+    return Checkpoint(model, codec, meta, folder)
+
+
+def _fmt(value, digits=4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def model_card(name: str, config: dict) -> str:
+    """A human-readable card: what the model is, what it learned from, how good it is."""
+    m = config["model"]
+    codec = config["codec"]
+    data = config.get("data", {})
+    val = config.get("validation", {})
+    train = config.get("training", {})
+    lines = [
+        f"# Model card: {name}",
+        "",
+        config.get("description", "A TokenRNN trained with `ensemble train`."),
+        "",
+        "## Model",
+        f"- {m['layers']} x {m['hidden']} {m['cell'].upper()}, embedding {m['embedding']}, dropout {m['dropout']}",
+        f"- codec `{codec['name']}`, vocabulary {m['vocab_size']} tokens",
+        f"- parameters: {config.get('parameters', 'n/a')}",
+        "",
+        "## Data",
+    ]
+    lines += [f"- {k}: {v}" for k, v in data.items()] or ["- (not recorded)"]
+    lines += [
+        "",
+        "## Validation",
+        f"- loss: {_fmt(val.get('loss_nats'))} nats per token ({_fmt(val.get('loss_bits'))} bits)",
+        f"- accuracy: {_fmt(val.get('accuracy'))}",
+        f"- after step {val.get('step', 'n/a')} of training",
+        "",
+        "## Training",
+    ]
+    lines += [f"- {k}: {v}" for k, v in train.items()] or ["- (not recorded)"]
+    if "retrain" in config:
+        lines += ["", "## How to retrain", "", "```", config["retrain"], "```"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,73 @@
+"""The `ensemble` command: serve | train | generate | prepare | bench | plot | ports.
+
+Each subcommand lives in its own module, which provides ``add_parser(subparsers)``
+that registers the subcommand and sets ``func`` (called with the parsed arguments,
+returns an exit code). Errors that a user can fix (a bad file, a missing model) are
+raised as `UserError`-like exceptions and printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand modules, in the order `ensemble --help` lists them
+COMMAND_MODULES = [
+    "ensemble.server.cli",    # serve
+    "ensemble.train",         # train
+    "ensemble.generate",      # generate
+    "ensemble.prepare",       # prepare
+    "ensemble.bench",         # bench
+    "ensemble.plot",          # plot
+    "ensemble.io.ports",      # ports
+]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ensemble.checkpoint import CheckpointError
+    from ensemble.codecs import CodecError
+    from ensemble.data import DataError
+
+    return (CheckpointError, CodecError, DataError, FileNotFoundError, PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ensemble",
+        description="A real-time neural music server for live ensembles, and the trainer for its models.",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="how much to log on stderr (default: info)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that command is not built yet
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="ensemble: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as exc:
+        print(f"ensemble {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"ensemble {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
