@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ensemble import codecs
+from ensemble.errors import UserError
 from ensemble.model import ModelConfig, TokenRNN
 
 FORMAT = "ensemble-model"
@@ -31,7 +32,7 @@ WEIGHTS = "weights.safetensors"
 CARD = "README.md"
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A model folder that cannot be loaded; the message is one line that says why."""
 
 

@@ -3,7 +3,7 @@
 Each subcommand lives in its own module, which provides ``add_parser(subparsers)``
 that registers the subcommand and sets ``func`` (called with the parsed arguments,
 returns an exit code). Errors that a user can fix (a bad file, a missing model) are
-raised as `UserError`-like exceptions and printed as one line, never as a traceback.
+raised as `ensemble.errors.UserError` and printed as one line, never as a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from ensemble.errors import UserError
 
 # subcommand modules, in the order `ensemble --help` lists them
 COMMAND_MODULES = [
@@ -25,12 +27,6 @@ COMMAND_MODULES = [
 ]
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from ensemble.checkpoint import CheckpointError
-    from ensemble.codecs import CodecError
-    from ensemble.data import DataError
-
-    return (CheckpointError, CodecError, DataError, FileNotFoundError, PermissionError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="ensemble: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as exc:
+    except (UserError, FileNotFoundError, PermissionError) as exc:
         print(f"ensemble {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

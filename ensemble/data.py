@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble import codecs
+from ensemble.errors import UserError
 
 FORMAT = "ensemble-corpus"
 VERSION = 1
@@ -28,7 +29,7 @@ MANIFEST = "manifest.json"
 TOKENS = "tokens.npy"
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A corpus that cannot be read; the message is one line that says why."""
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from ensemble.errors import UserError
 
-class CodecError(ValueError):
+
+class CodecError(ValueError, UserError):
     """A description or an input that a codec cannot handle."""
 
 

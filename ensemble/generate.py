@@ -1,0 +1,131 @@
+"""`ensemble generate`: continue a prime with a trained model, offline.
+
+The model is primed by feeding the prime's tokens through it (the state then holds
+the prime's "style"), and the continuation is sampled token by token with
+temperature / top-k / top-p; greedy decoding only with --greedy. What a prime is and
+where the output goes depends on the codec: text and ABC are read from --prime and
+printed; MIDI codecs (`notes`, `performance`) read a .mid prime and write --out FILE.mid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ensemble import checkpoint
+from ensemble.errors import UserError
+from ensemble.sampling import SamplingSettings, forbidden_mask, sample
+
+MIDI_CODECS = ("notes", "performance")
+
+
+def prime_tokens(codec, prime: str | None) -> list[int]:
+    """The prime as tokens; for MIDI codecs `prime` is a path to a MIDI file."""
+    if not prime:
+        return []
+    if codec.name in MIDI_CODECS:
+        import mido
+
+        try:
+            midi = mido.MidiFile(prime)
+        except (OSError, EOFError, ValueError, KeyError, IndexError) as exc:
+            raise UserError(f"--prime {prime}: not a readable MIDI file ({exc})") from None
+        return list(codec.encode(midi) if codec.name == "performance" else codec.encode_midi(midi))
+    if codec.name == "text":
+        unknown = codec.unknown_in(prime)
+        if unknown:
+            print(f"ensemble generate: warning: the model never saw {''.join(sorted(unknown))!r}; "
+                  "they are fed as the unknown token", file=sys.stderr)
+    return list(codec.encode(prime))
+
+
+def start_token(codec, rng: np.random.Generator, mask) -> int:
+    """Where to begin without a prime: the codec's start token, a newline, or a random token."""
+    token = getattr(codec, "start_token", None)
+    if token is not None:
+        return int(token)
+    if codec.name == "text" and "\n" in codec.chars:
+        return codec.encode("\n")[0]
+    allowed = np.flatnonzero(~mask) if mask is not None else np.arange(codec.vocab_size)
+    return int(rng.choice(allowed))
+
+
+@torch.inference_mode()
+def generate(ckpt: checkpoint.Checkpoint, prime: list[int], length: int, settings: SamplingSettings,
+             seed: int | None = None, on_token=None) -> list[int]:
+    """Feed `prime`, then sample `length` tokens. Returns the new tokens (not the prime)."""
+    model, codec = ckpt.model, ckpt.codec
+    rng = np.random.default_rng(seed)
+    mask = forbidden_mask(codec.vocab_size, getattr(codec, "forbidden", None))
+    if not prime:
+        prime = [start_token(codec, rng, mask)]
+    logits, state = model(torch.tensor([prime]), None)
+    logits = logits[0, -1]
+    out = []
+    for _ in range(length):
+        token = sample(logits.numpy(), settings, rng, mask)
+        out.append(token)
+        if on_token is not None:
+            on_token(token)
+        logits, state = model.step(torch.tensor([token]), state)
+        logits = logits[0]
+    return out
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate", help="sample a continuation from a trained model",
+        description="Prime a trained model and sample a continuation. Text and ABC models print to "
+                    "stdout; MIDI models (notes, performance codecs) write --out FILE.mid.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="a model folder (or a training run folder: its best/ model)")
+    p.add_argument("--length", type=int, default=500, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is safer, higher is wilder")
+    p.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: smallest set of tokens with this much probability")
+    p.add_argument("--greedy", action="store_true", help="always take the likeliest token (loops; for tests and curiosity)")
+    p.add_argument("--prime", help="text (text/ABC models) or a MIDI file (MIDI models) to start from")
+    p.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
+    p.add_argument("--out", help="write the output to this file (.mid for MIDI models) instead of stdout")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.length < 0:
+        raise UserError("--length must be >= 0")
+    try:
+        settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.greedy)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    ckpt = checkpoint.load(args.model)
+    codec = ckpt.codec
+    torch.set_num_threads(1)
+    prime = prime_tokens(codec, args.prime)
+    if codec.name in MIDI_CODECS:
+        if not args.out:
+            raise UserError(f"a {codec.name} model makes MIDI: give --out FILE.mid")
+        tokens = generate(ckpt, prime, args.length, settings, args.seed)
+        midi = codec.decode(tokens) if codec.name == "performance" else codec.to_midi(codec.decode(tokens))
+        midi.save(args.out)
+        print(f"wrote {args.out}: {len(tokens)} tokens, {midi.length:.1f} s", file=sys.stderr)
+        return 0
+    if codec.name == "text" and not args.out:
+        # stream characters as they come, like char-rnn
+        sys.stdout.write(args.prime or "")
+        generate(ckpt, prime, args.length, settings, args.seed,
+                 on_token=lambda t: (sys.stdout.write(codec.decode([t])), sys.stdout.flush()))
+        sys.stdout.write("\n")
+        return 0
+    tokens = generate(ckpt, prime, args.length, settings, args.seed)
+    decoded = codec.decode(prime + tokens) if codec.name == "abc" else codec.decode(tokens)
+    text = decoded if isinstance(decoded, str) else "\n".join(str(e) for e in decoded)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,625 @@
+"""The offline trainer: token streams in, model folders out. Read it top to bottom.
+
+    ensemble train --data PREPARED_DIR --out RUN_DIR            # any prepared corpus
+    ensemble train --codec text --data FILE.txt --out RUN_DIR   # char-rnn on a text file
+    torchrun --nproc-per-node 2 -m ensemble train ...           # data-parallel
+
+How it learns (char-rnn, folk-rnn, Performance RNN all train this way):
+- B parallel streams walk through the training pieces, each stream taking the next
+  piece from a shuffled queue when its current one ends. Each step reads the next
+  window of T tokens of every stream (truncated backpropagation through time).
+- The hidden state is carried from one window to the next (the model sees the whole
+  piece, gradients flow through T steps) and reset to zero where a new piece starts,
+  since a performer's state also starts at zero. The last window of a piece is padded
+  and the padding is masked out of the loss.
+- Categorical cross-entropy, AdamW, linear warm-up then cosine decay, gradient-norm
+  clipping. Validation on held-out *pieces*, in nats and bits per token.
+- `RUN_DIR/best/` and `RUN_DIR/last/` are model folders; `RUN_DIR/train_state.pt` holds
+  everything needed to resume exactly (weights, optimiser, schedule, RNG, data position
+  and the carried hidden state), loaded with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ensemble import checkpoint, data
+from ensemble.errors import UserError
+from ensemble.model import CELLS, RNNState, TokenRNN
+
+log = logging.getLogger("ensemble.train")
+
+IGNORE = -100  # target value of padded positions; cross_entropy skips them
+
+# model size presets: (layers, hidden, embedding)
+SIZES = {
+    "xs": (1, 64, 32),
+    "s": (2, 128, 48),
+    "m": (2, 256, 64),
+    "l": (3, 512, 128),
+}
+
+
+class TrainError(UserError):
+    """A training run that cannot start or go on; one line says why."""
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    codec: str | None = None  # only for a raw text file: "text"
+    # model
+    size: str = "m"
+    cell: str = "lstm"
+    layers: int | None = None
+    hidden: int | None = None
+    embedding: int | None = None
+    dropout: float = 0.0
+    # optimisation
+    seq_len: int = 64
+    batch: int = 32
+    steps: int = 2000
+    max_time: float | None = None  # seconds of wall-clock; stop cleanly when spent
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup: int = 50
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    # augmentation, for codecs that can (music): transpose +-N semitones, stretch +-P
+    transpose: int = 0
+    stretch: float = 0.0
+    # bookkeeping
+    eval_every: int = 200
+    eval_tokens: int = 200_000  # at most this many validation tokens per evaluation
+    save_every: int = 200
+    patience: int = 0  # early stopping: evaluations without improvement; 0 = never
+    seed: int = 0
+    device: str = "auto"
+    init_from: str | None = None
+    freeze_rnn: bool = False
+    val_fraction: float = 0.1
+    progress: bool = True
+
+    def model_shape(self) -> tuple[int, int, int]:
+        if self.size not in SIZES:
+            raise TrainError(f"--size must be one of {', '.join(SIZES)}, got {self.size!r}")
+        layers, hidden, embedding = SIZES[self.size]
+        return (self.layers or layers, self.hidden or hidden, self.embedding or embedding)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class StreamBatcher:
+    """B parallel streams over whole pieces; every window comes from one piece.
+
+    The position (queue, epoch, each stream's piece and offset) and the RNG are plain
+    JSON-able values (`state_dict`), so a resumed run reads exactly the windows an
+    uninterrupted run would have read. With `rank`/`world` each data-parallel process
+    takes its own share of every epoch's pieces. With `shuffle=False` it makes one
+    ordered pass (for validation) and then reports `exhausted`.
+    """
+
+    def __init__(self, pieces, batch, seq_len, seed=0, rank=0, world=1, shuffle=True, augment=None):
+        self.pieces = pieces
+        self.batch, self.seq_len = batch, seq_len
+        self.rank, self.world = rank, world
+        self.shuffle = shuffle
+        self.augment = augment  # fn(tokens, rng) -> tokens, applied once per piece visit
+        self.rng = np.random.default_rng(seed)
+        self.epoch = 0
+        self.queue: list[int] = []
+        self.queue_pos = 0
+        self.stream_piece = [-1] * batch  # -1: needs a new piece
+        self.stream_offset = [0] * batch
+        self.exhausted = False
+        self._visit = [0] * batch  # pieces each stream has started (seeds augmentation)
+        self._tokens: list[np.ndarray | None] = [None] * batch  # the (augmented) piece in play
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        order = self.rng.permutation(len(self.pieces)) if self.shuffle else np.arange(len(self.pieces))
+        self.queue = [int(i) for i in order[self.rank::self.world]]
+        if not self.queue:  # fewer pieces than processes: everyone shares them all
+            self.queue = [int(i) for i in order]
+        self.queue_pos = 0
+
+    def _next_piece(self) -> int:
+        if self.queue_pos >= len(self.queue):
+            if not self.shuffle:
+                return -1
+            self.epoch += 1
+            self._new_epoch()
+        index = self.queue[self.queue_pos]
+        self.queue_pos += 1
+        return index
+
+    def _load(self, b: int) -> None:
+        index = self.stream_piece[b]
+        tokens = self.pieces[index].tokens
+        if self.augment is not None:
+            # a per-visit seed drawn from our RNG keeps augmentation resumable
+            tokens = self.augment(tokens, np.random.default_rng(self._seed_for(b)))
+        self._tokens[b] = tokens
+
+    def _seed_for(self, b: int) -> list[int]:
+        return [self.epoch, self.stream_piece[b], b, self.rank, self._visit[b]]
+
+    def next_batch(self):
+        """x (B, T), y (B, T) int64 with IGNORE where padded, keep (B,) False where a piece starts."""
+        B, T = self.batch, self.seq_len
+        x = np.zeros((B, T), dtype=np.int64)
+        y = np.full((B, T), IGNORE, dtype=np.int64)
+        keep = np.ones(B, dtype=bool)
+        for b in range(B):
+            if self.stream_piece[b] >= 0 and self._tokens[b] is None:  # restored mid-piece
+                self._load(b)
+            if self.stream_piece[b] < 0 or self.stream_offset[b] >= len(self._tokens[b]) - 1:
+                keep[b] = False
+                self.stream_piece[b] = self._next_piece()
+                self.stream_offset[b] = 0
+                self._visit[b] += 1
+                if self.stream_piece[b] < 0:  # one-pass mode, nothing left
+                    self._tokens[b] = None
+                    continue
+                self._load(b)
+            tokens, start = self._tokens[b], self.stream_offset[b]
+            window = tokens[start:start + T + 1]
+            n = len(window) - 1
+            x[b, :n] = window[:-1]
+            y[b, :n] = window[1:]
+            self.stream_offset[b] = start + T
+        self.exhausted = not self.shuffle and all(p < 0 for p in self.stream_piece)
+        return x, y, keep
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch, "queue": self.queue, "queue_pos": self.queue_pos,
+            "stream_piece": self.stream_piece, "stream_offset": self.stream_offset,
+            "visit": self._visit,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.queue, self.queue_pos = state["epoch"], state["queue"], state["queue_pos"]
+        self.stream_piece, self.stream_offset = state["stream_piece"], state["stream_offset"]
+        self._visit = state["visit"]
+        self.rng.bit_generator.state = state["rng"]
+        self._tokens = [None] * self.batch  # rebuilt lazily, augmentation included
+
+
+def load_corpus(cfg: TrainConfig) -> data.Corpus:
+    """A prepared corpus folder, or (with --codec text) a raw text file."""
+    path = Path(cfg.data)
+    if data.is_prepared(path):
+        corpus = data.load_prepared(path)
+        if cfg.codec and corpus.codec.name != cfg.codec:
+            raise TrainError(f"--codec {cfg.codec} but {path} was prepared with the {corpus.codec.name} codec")
+        return corpus
+    if cfg.codec != "text":
+        if path.is_dir():
+            raise TrainError(f"{path}: not a prepared corpus (no manifest.json); run `ensemble prepare` first")
+        raise TrainError(f"{path}: a raw file needs --codec text (other codecs train on `ensemble prepare` output)")
+    from ensemble.codecs.text import TextCodec
+
+    text = data.read_text_file(path)
+    if len(text) < 20:
+        raise TrainError(f"{path}: only {len(text)} characters; need some text to learn from")
+    codec = TextCodec.from_corpus(text)
+    pieces = data.text_pieces(text, codec, source=path.name)
+    summary = {"corpus": str(path), "characters": len(text)}
+    return data.make_corpus(codec, pieces, cfg.val_fraction, cfg.seed, summary)
+
+
+def augmenter(codec, cfg: TrainConfig):
+    """Musical augmentation through the codec (transposition, time-stretch), if it can."""
+    if not (cfg.transpose or cfg.stretch) or not hasattr(codec, "augment"):
+        return None
+
+    def augment(tokens, rng):
+        semitones = int(rng.integers(-cfg.transpose, cfg.transpose + 1)) if cfg.transpose else 0
+        factor = float(1 + rng.uniform(-cfg.stretch, cfg.stretch)) if cfg.stretch else 1.0
+        return np.asarray(codec.augment(tokens, semitones=semitones, stretch=factor), dtype=np.int64)
+
+    return augment
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrainError(f"--device {name!r} is not a device name (try auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise TrainError(f"--device {name}: unsupported device type")
+    return device
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay from lr to min_lr over the planned steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate(model: TokenRNN, pieces, cfg: TrainConfig, device) -> dict:
+    """Loss (nats and bits per token) and accuracy over held-out pieces, state carried."""
+    was_training = model.training
+    model.eval()
+    batcher = StreamBatcher(pieces, min(cfg.batch, max(1, len(pieces))), cfg.seq_len, shuffle=False)
+    state = model.initial_state(batcher.batch, device)
+    total_loss, total_correct, total = 0.0, 0, 0
+    while total < cfg.eval_tokens:
+        x, y, keep = batcher.next_batch()
+        if batcher.exhausted:
+            break
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        state = state.reset_rows(torch.from_numpy(keep).to(device))
+        with autocast(device):
+            logits, state = model(x, state)
+        logits = logits.float()
+        total_loss += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                      ignore_index=IGNORE, reduction="sum").item()
+        valid = y != IGNORE
+        total_correct += (logits.argmax(-1)[valid] == y[valid]).sum().item()
+        total += valid.sum().item()
+    model.train(was_training)
+    loss = total_loss / max(1, total)
+    return {"loss_nats": loss, "loss_bits": loss / math.log(2), "perplexity": math.exp(min(loss, 50)),
+            "accuracy": total_correct / max(1, total), "tokens": total}
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (the RNN runs in cuDNN); plain float32 elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def unigram_entropy(pieces) -> float:
+    """Nats per token of the best context-free guess: the baseline a model must beat."""
+    counts = np.bincount(np.concatenate([p.tokens for p in pieces]))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+class CsvLog:
+    COLUMNS = ["step", "split", "loss_nats", "loss_bits", "perplexity", "accuracy", "lr", "tokens_per_s", "elapsed_s"]
+
+    def __init__(self, path: Path, truncate_after_step: int | None = None):
+        self.path = path
+        if truncate_after_step is not None and path.exists():
+            # a resumed run repeats the steps after its last save: drop their rows
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= truncate_after_step]
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, self.COLUMNS)
+                w.writeheader()
+                w.writerows(rows)
+        elif not path.exists():
+            with open(path, "w", newline="") as f:
+                csv.DictWriter(f, self.COLUMNS).writeheader()
+
+    def write(self, **row) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.COLUMNS).writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+# ---------------------------------------------------------------------------- distributed
+
+
+def distributed_setup(device_name: str) -> tuple[int, int, torch.device]:
+    """Under torchrun (RANK/WORLD_SIZE set): join the process group; else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, pick_device(device_name)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) a training run; returns the final validation metrics."""
+    rank, world, device = distributed_setup(cfg.device)
+    main_process = rank == 0
+    out = Path(cfg.out)
+    state_path = out / "train_state.pt"
+    resume = getattr(cfg, "_resume", False)
+
+    # -- everything is checked before anything is written
+    corpus = load_corpus(cfg)
+    if not corpus.val:
+        raise TrainError(f"{cfg.data}: no validation pieces; prepare with a validation fraction > 0")
+    if resume and not state_path.exists():
+        raise TrainError(f"{out}: nothing to resume (no train_state.pt)")
+    if not resume and state_path.exists():
+        raise TrainError(f"{out} already holds a training run; resume it with --resume {out} or choose another --out")
+    init = None
+    if cfg.init_from and not resume:
+        init = checkpoint.load(cfg.init_from)
+        if init.codec.describe() != corpus.codec.describe():
+            raise TrainError(f"--init-from {cfg.init_from}: its {init.codec.name} codec differs from the data's "
+                             f"{corpus.codec.name} codec; fine-tune only on data prepared with the same codec")
+    if cfg.batch < 1 or cfg.seq_len < 1 or cfg.steps < 1:
+        raise TrainError("--batch, --seq-len and --steps must be >= 1")
+    if cfg.cell not in CELLS:
+        raise TrainError(f"--cell must be one of {', '.join(CELLS)}")
+
+    torch.manual_seed(cfg.seed + rank)
+    if init is not None:
+        model = init.model
+        model.train()
+    else:
+        layers, hidden, embedding = cfg.model_shape()
+        model = TokenRNN(corpus.codec.vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout)
+    model.to(device)
+    if cfg.freeze_rnn:
+        for p in list(model.embed.parameters()) + list(model.rnn.parameters()):
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
+    batcher = StreamBatcher(corpus.train, cfg.batch, cfg.seq_len, cfg.seed, rank, world,
+                            augment=augmenter(corpus.codec, cfg))
+    carried = model.initial_state(cfg.batch, device)
+    step, best, evals_without_gain = 0, float("inf"), 0
+
+    if resume:
+        saved = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, best, evals_without_gain = saved["step"], saved["best"], saved["evals_without_gain"]
+        batcher.load_state_dict(json.loads(saved["batchers"])[rank])
+        carried = RNNState(saved["carried_h"][rank].to(device),
+                           None if saved["carried_c"] is None else saved["carried_c"][rank].to(device))
+        torch.set_rng_state(saved["rng_cpu"][rank])
+        if device.type == "cuda" and saved.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(saved["rng_cuda"][rank].cpu())
+    raw_model = model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    baseline = unigram_entropy(corpus.train)
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        csv_log = CsvLog(out / "log.csv", truncate_after_step=step if resume else None)
+        log.info("%s: %d train pieces (%d tokens), %d validation pieces (%d tokens), %s codec, %d tokens",
+                 cfg.data, len(corpus.train), corpus.train_tokens, len(corpus.val), corpus.val_tokens,
+                 corpus.codec.name, corpus.codec.vocab_size)
+        log.info("model: %d x %d %s, %d parameters, on %s%s; unigram baseline %.3f nats/token",
+                 raw_model.config.layers, raw_model.config.hidden, raw_model.config.cell, n_params, device,
+                 f" x {world} processes" if world > 1 else "", baseline)
+
+    def save_state() -> None:
+        """Everything to resume exactly; every rank contributes its data position and state."""
+        batchers = [batcher.state_dict()]
+        hs, cs = [carried.h.detach().cpu()], [None if carried.c is None else carried.c.detach().cpu()]
+        rngs = [torch.get_rng_state()]
+        if world > 1:
+            gathered = [None] * world
+            torch.distributed.all_gather_object(gathered, (batchers[0], hs[0], cs[0], rngs[0]))
+            batchers, hs, cs, rngs = (list(t) for t in zip(*gathered))
+        if not main_process:
+            return
+        state = {
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "best": best, "evals_without_gain": evals_without_gain,
+            "batchers": json.dumps(batchers), "carried_h": hs,
+            "carried_c": None if cs[0] is None else cs,
+            "rng_cpu": rngs,
+            "rng_cuda": [torch.cuda.get_rng_state()] * world if device.type == "cuda" else None,
+        }
+        tmp = state_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, state_path)
+
+    def meta(metrics: dict) -> dict:
+        return {
+            "description": f"A TokenRNN trained by `ensemble train` on {cfg.data}.",
+            "parameters": n_params,
+            "data": {**corpus.summary, "train_pieces": len(corpus.train), "train_tokens": corpus.train_tokens,
+                     "val_pieces": len(corpus.val), "val_tokens": corpus.val_tokens,
+                     "unigram_entropy_nats": round(baseline, 4)},
+            "validation": {**metrics, "step": step},
+            "training": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+            "retrain": "ensemble train " + " ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()
+                if v not in (None, False) and k not in ("progress", "out") and not isinstance(v, bool))
+                + f" --out {cfg.out}",
+        }
+
+    # -- the loop
+    progress = None
+    if main_process and cfg.progress:
+        from tqdm import tqdm
+        progress = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True)
+    started = time.monotonic()
+    tokens_seen, window_started = 0, time.monotonic()
+    metrics = {}
+    stop_reason = "steps"
+    model.train()
+    while step < cfg.steps:
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y, keep = batcher.next_batch()
+        pin = device.type == "cuda"
+        x, y = (torch.from_numpy(a).pin_memory() if pin else torch.from_numpy(a) for a in (x, y))
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        carried = carried.reset_rows(torch.from_numpy(keep).to(device))
+        with autocast(device):
+            logits, carried = model(x, carried)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        optimizer.step()
+        carried = carried.detach()  # truncated BPTT: keep the values, drop the history
+        step += 1
+        tokens_seen += int((y != IGNORE).sum()) * world
+
+        if progress is not None:
+            rate = tokens_seen / max(1e-9, time.monotonic() - window_started)
+            progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:,.0f}", refresh=False)
+            progress.update(1)
+        out_of_time = cfg.max_time is not None and time.monotonic() - started >= cfg.max_time
+        if world > 1:  # all ranks must stop on the same step
+            flag = torch.tensor([float(out_of_time)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        last_step = step >= cfg.steps or out_of_time
+        if step % cfg.eval_every == 0 or last_step:
+            elapsed = time.monotonic() - window_started
+            stop = [False]
+            if main_process:
+                metrics = evaluate(raw_model, corpus.val, cfg, device)
+                rate = tokens_seen / max(1e-9, elapsed)
+                csv_log.write(step=step, split="train", loss_nats=loss.item(), loss_bits=loss.item() / math.log(2),
+                              perplexity=math.exp(min(loss.item(), 50)), lr=lr, tokens_per_s=rate,
+                              elapsed_s=time.monotonic() - started)
+                csv_log.write(step=step, split="val", loss_nats=metrics["loss_nats"], loss_bits=metrics["loss_bits"],
+                              perplexity=metrics["perplexity"], accuracy=metrics["accuracy"], lr=lr,
+                              elapsed_s=time.monotonic() - started)
+                message = (f"step {step}: train {loss.item():.4f}, val {metrics['loss_nats']:.4f} nats/token "
+                           f"({metrics['loss_bits']:.3f} bits), accuracy {metrics['accuracy']:.3f}, "
+                           f"{rate:,.0f} tokens/s")
+                (progress.write if progress else log.info)(message)
+                if metrics["loss_nats"] < best:
+                    best, evals_without_gain = metrics["loss_nats"], 0
+                    checkpoint.save(out / "best", raw_model, corpus.codec, meta(metrics))
+                else:
+                    evals_without_gain += 1
+                    if cfg.patience and evals_without_gain >= cfg.patience:
+                        stop = [True]
+                        (progress.write if progress else log.info)(
+                            f"early stop: no better validation loss in {cfg.patience} evaluations")
+            if world > 1:
+                torch.distributed.broadcast_object_list(stop, src=0)
+            tokens_seen, window_started = 0, time.monotonic()
+            if stop[0]:
+                stop_reason = "early stop"
+                last_step = True
+        if out_of_time:
+            stop_reason = "max time"
+        if step % cfg.save_every == 0 or last_step:
+            save_state()
+            if main_process:
+                checkpoint.save(out / "last", raw_model, corpus.codec, meta(metrics))
+        if last_step:
+            break
+    if progress is not None:
+        progress.close()
+    if main_process:
+        log.info("stopped after step %d (%s); best validation loss %.4f nats/token; models in %s/best and %s/last",
+                 step, stop_reason, best, out, out)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return {**metrics, "best": best, "step": step}
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model on a prepared corpus or a text file",
+        description="Train a TokenRNN. Writes RUN_DIR/best and RUN_DIR/last (model folders that "
+                    "`ensemble generate` and `ensemble serve --model` load), RUN_DIR/log.csv and "
+                    "RUN_DIR/train_state.pt (for --resume). Run it under `torchrun --nproc-per-node N "
+                    "-m ensemble train ...` for data-parallel training on several GPUs or processes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = TrainConfig.__dataclass_fields__
+    p.add_argument("--data", help="a folder written by `ensemble prepare`, or a text file with --codec text")
+    p.add_argument("--out", help="the run folder to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="resume the run in RUN_DIR exactly where it was saved")
+    p.add_argument("--codec", choices=["text"], help="train on a raw text file (character-level, like char-rnn)")
+    g = p.add_argument_group("model")
+    g.add_argument("--size", default="m", choices=list(SIZES),
+                   help="preset (layers x hidden, embedding): " + ", ".join(f"{k} = {l}x{h}, {e}" for k, (l, h, e) in SIZES.items()))
+    g.add_argument("--cell", default="lstm", choices=list(CELLS), help="recurrent cell")
+    g.add_argument("--layers", type=int, help="stacked recurrent layers, 1-3 (overrides --size)")
+    g.add_argument("--hidden", type=int, help="hidden units per layer (overrides --size)")
+    g.add_argument("--embedding", type=int, help="token embedding size (overrides --size)")
+    g.add_argument("--dropout", type=float, default=d["dropout"].default, help="dropout between layers and before the output")
+    g.add_argument("--init-from", metavar="MODEL", help="start from a trained model folder (fine-tuning); same codec needed")
+    g.add_argument("--freeze-rnn", action="store_true", help="with --init-from: train only the output layer")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--seq-len", type=int, default=d["seq_len"].default, help="tokens per window (BPTT length)")
+    g.add_argument("--batch", type=int, default=d["batch"].default, help="parallel streams per step (per process)")
+    g.add_argument("--steps", type=int, default=d["steps"].default, help="optimiser steps in all")
+    g.add_argument("--max-time", type=float, help="stop cleanly after this many seconds (final validation and save)")
+    g.add_argument("--lr", type=float, default=d["lr"].default, help="peak learning rate (AdamW)")
+    g.add_argument("--min-lr", type=float, default=d["min_lr"].default, help="learning rate at the end of the cosine decay")
+    g.add_argument("--warmup", type=int, default=d["warmup"].default, help="steps of linear learning-rate warm-up")
+    g.add_argument("--weight-decay", type=float, default=d["weight_decay"].default, help="AdamW weight decay")
+    g.add_argument("--clip", type=float, default=d["clip"].default, help="gradient-norm clipping threshold")
+    g.add_argument("--transpose", type=int, default=0, help="music: transpose each piece by up to +-N semitones")
+    g.add_argument("--stretch", type=float, default=0.0, help="music: stretch time by up to +-this fraction (0.05 = 5%%)")
+    g = p.add_argument_group("bookkeeping")
+    g.add_argument("--eval-every", type=int, default=d["eval_every"].default, help="steps between validations")
+    g.add_argument("--eval-tokens", type=int, default=d["eval_tokens"].default, help="validation tokens per evaluation, at most")
+    g.add_argument("--save-every", type=int, default=d["save_every"].default, help="steps between resumable saves")
+    g.add_argument("--patience", type=int, default=0, help="early stopping after N validations without improvement (0: off)")
+    g.add_argument("--val-fraction", type=float, default=d["val_fraction"].default, help="text files: share of pieces held out")
+    g.add_argument("--seed", type=int, default=0, help="random seed (data order, initial weights, dropout)")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.resume:
+        saved = Path(args.resume) / "run.json"
+        try:
+            cfg = TrainConfig(**json.loads(saved.read_text()))
+        except FileNotFoundError:
+            raise TrainError(f"{args.resume}: not a training run (no run.json)") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise TrainError(f"{saved}: unreadable ({exc})") from None
+        if args.max_time is not None:
+            cfg.max_time = args.max_time
+        cfg.out = args.resume
+        cfg._resume = True
+    else:
+        if not args.data or not args.out:
+            raise TrainError("--data and --out are needed (or --resume RUN_DIR)")
+        names = {f.name for f in fields(TrainConfig)}
+        values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+        cfg = TrainConfig(**values)
+        cfg.progress = not args.no_progress
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    train(cfg)
+    return 0
