@@ -444,6 +444,7 @@ def train(cfg: TrainConfig) -> dict:
         tmp = state_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, state_path)
+        log.debug("saved resumable state at step %d", step)
 
     def meta(metrics: dict) -> dict:
         return {

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from ensemble.model import ModelConfig, RNNState, TokenRNN
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_forward_equals_repeated_step(cell, layers):
+    torch.manual_seed(0)
+    model = TokenRNN(37, cell, layers, hidden=24, embedding=8).eval()
+    tokens = torch.randint(0, 37, (3, 20))
+    with torch.no_grad():
+        full, full_state = model(tokens)
+        state, stepped = None, []
+        for t in range(tokens.shape[1]):
+            logits, state = model.step(tokens[:, t], state)
+            stepped.append(logits)
+    stepped = torch.stack(stepped, dim=1)
+    assert torch.allclose(full, stepped, atol=1e-5)
+    for a, b in zip(full_state.tensors(), state.tensors()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_plain_rnn_is_elman():
+    """h_t = tanh(U x_t + V h_{t-1} + b), logits = W h_t + c."""
+    torch.manual_seed(1)
+    model = TokenRNN(11, "rnn", 1, hidden=6, embedding=5).eval()
+    r = model.rnn
+    tokens = torch.tensor([[3, 7, 1, 0]])
+    h = torch.zeros(6)
+    expected = []
+    for t in tokens[0]:
+        x = model.embed.weight[t]
+        h = torch.tanh(r.weight_ih_l0 @ x + r.weight_hh_l0 @ h + r.bias_ih_l0 + r.bias_hh_l0)
+        expected.append(model.head.weight @ h + model.head.bias)
+    with torch.no_grad():
+        logits, _ = model(tokens)
+    assert torch.allclose(logits[0], torch.stack(expected), atol=1e-5)
+
+
+def test_state_rows_out_and_back():
+    torch.manual_seed(2)
+    model = TokenRNN(20, "lstm", 2, hidden=8, embedding=4).eval()
+    bank = model.initial_state(4)
+    with torch.no_grad():
+        # performer in row 2 plays alone; the others must not change
+        _, row = model.step(torch.tensor([5]), bank.rows(2))
+        before = bank.clone()
+        bank.put_rows(2, row)
+        assert torch.equal(bank.h[:, [0, 1, 3]], before.h[:, [0, 1, 3]])
+        assert torch.equal(bank.rows(2).h, row.h) and torch.equal(bank.rows(2).c, row.c)
+        # stepping rows together equals stepping them alone
+        together_logits, together = model.step(torch.tensor([1, 2]), bank.rows([1, 2]))
+        alone_logits, alone = model.step(torch.tensor([2]), bank.rows(2))
+    assert torch.allclose(together_logits[1], alone_logits[0], atol=1e-6)
+    assert torch.allclose(together.rows(1).h, alone.h, atol=1e-6)
+    keep = torch.tensor([True, False, True, True])
+    reset = bank.reset_rows(keep)
+    assert torch.all(reset.h[:, 1] == 0) and torch.equal(reset.h[:, 2], bank.h[:, 2])
+    assert RNNState.cat([bank.rows(0), bank.rows(3)]).batch_size == 2
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="layers"):
+        ModelConfig(10, layers=4)
+    with pytest.raises(ValueError, match="cell"):
+        ModelConfig(10, cell="transformer")
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({"vocab_size": 10, "heads": 3})

@@ -1,0 +1,170 @@
+"""The trainer on real (tiny) data: it learns, resumes exactly, and runs data-parallel."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ENSEMBLE, PERIOD
+from ensemble import checkpoint
+from ensemble.data import Piece, load_prepared, write_prepared
+from ensemble.generate import generate
+from ensemble.sampling import SamplingSettings
+from ensemble.train import StreamBatcher, TrainConfig, TrainError, unigram_entropy, train
+
+
+def test_periodic_text_is_learned(text_run):
+    ckpt = checkpoint.load(text_run)
+    val = ckpt.meta["validation"]["loss_nats"]
+    codec = ckpt.codec
+    baseline = ckpt.meta["data"]["unigram_entropy_nats"]
+    assert baseline > 2.5
+    assert val < baseline / 10, (val, baseline)
+    prime = PERIOD[:10]
+    out = generate(ckpt, codec.encode(prime), 3 * len(PERIOD), SamplingSettings(greedy=True))
+    text = prime + codec.decode(out)
+    assert text.startswith((PERIOD * 4)[:len(text)][:100])
+    assert text == (PERIOD * 4)[:len(text)]
+
+
+def test_run_folder_holds_models_log_and_state(text_run):
+    assert (text_run / "best" / "config.json").exists()
+    assert (text_run / "last" / "weights.safetensors").exists()
+    config = json.loads((text_run / "best" / "config.json").read_text())
+    assert config["codec"]["name"] == "text" and "validation" in config
+    rows = (text_run / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,split,loss_nats,loss_bits,perplexity,accuracy,lr,tokens_per_s")
+    assert len(rows) == 1 + 2 * 3  # train and val rows at steps 100, 200, 300
+    card = (text_run / "best" / "README.md").read_text()
+    assert "nats per token" in card
+
+
+def test_batcher_windows_stay_in_one_piece_and_resume():
+    pieces = [Piece(f"p{i}", np.arange(100 * i, 100 * i + n)) for i, n in enumerate([5, 17, 40, 9, 23])]
+    a = StreamBatcher(pieces, batch=3, seq_len=4, seed=1)
+    seen = []
+    for _ in range(12):
+        x, y, keep = a.next_batch()
+        for b in range(3):
+            valid = y[b] != -100
+            xs, ys = x[b][valid], y[b][valid]
+            assert np.all(ys == xs + 1), "a window crossed a piece boundary"
+            assert len(set(xs // 100)) <= 1
+        seen.append((x.copy(), y.copy(), keep.copy()))
+    b = StreamBatcher(pieces, batch=3, seq_len=4, seed=1)
+    for _ in range(6):
+        b.next_batch()
+    c = StreamBatcher(pieces, batch=3, seq_len=4, seed=999)
+    c.load_state_dict(json.loads(json.dumps(b.state_dict())))
+    for x, y, keep in seen[6:]:
+        x2, y2, keep2 = c.next_batch()
+        assert np.array_equal(x, x2) and np.array_equal(y, y2) and np.array_equal(keep, keep2)
+
+
+def test_one_pass_batcher_covers_every_token_once():
+    pieces = [Piece(f"p{i}", np.arange(n)) for i, n in enumerate([5, 17, 40, 9, 23])]
+    batcher = StreamBatcher(pieces, batch=2, seq_len=8, shuffle=False)
+    targets = 0
+    while True:
+        x, y, keep = batcher.next_batch()
+        if batcher.exhausted:
+            break
+        targets += int((y != -100).sum())
+    assert targets == sum(len(p.tokens) - 1 for p in pieces)
+
+
+def _tiny_prepared(tmp_path):
+    """A small prepared text corpus with several pieces (the trainer's main input)."""
+    from ensemble.codecs.text import TextCodec
+    from ensemble.data import text_pieces
+
+    text = "".join(f"{w} {w[::-1]} {len(w)}\n" for w in ["ab", "cde", "fghi", "jk", "lmnop"] * 60)
+    codec = TextCodec.from_corpus(text)
+    write_prepared(tmp_path / "corpus", codec, text_pieces(text, codec, piece_chars=300), val_fraction=0.2, seed=3)
+    return tmp_path / "corpus"
+
+
+def _weights(folder):
+    return load_file(str(folder / "weights.safetensors"))
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    corpus = _tiny_prepared(tmp_path)
+    common = ["train", "--data", str(corpus), "--size", "xs", "--cell", "gru", "--dropout", "0.1",
+              "--steps", "40", "--seq-len", "16", "--batch", "4", "--eval-every", "10", "--save-every", "20",
+              "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(ENSEMBLE + common + ["--out", str(straight)], check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(ENSEMBLE + ["--log-level", "debug"] + common + ["--out", str(killed)],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # wait for the mid-run save, then pull the plug
+        if "saved resumable state at step 20" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = torch.load(killed / "train_state.pt", weights_only=True)
+    assert state["step"] == 20
+
+    subprocess.run(ENSEMBLE + ["train", "--resume", str(killed)], check=True, env=env, capture_output=True)
+    a, b = _weights(straight / "last"), _weights(killed / "last")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    log_a = (straight / "log.csv").read_text().splitlines()
+    log_b = (killed / "log.csv").read_text().splitlines()
+    assert [r.split(",")[:4] for r in log_a] == [r.split(",")[:4] for r in log_b]
+
+
+def test_two_process_data_parallel_learns_like_one_process(tmp_path):
+    corpus = _tiny_prepared(tmp_path)
+    args = ["train", "--data", str(corpus), "--size", "xs", "--steps", "120", "--seq-len", "16",
+            "--eval-every", "60", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ensemble"]
+    result = subprocess.run(ddp + args + ["--batch", "4", "--out", str(tmp_path / "ddp")],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "x 2 processes" in result.stderr
+    # the same global batch (2 x 4 streams) in one process
+    subprocess.run(ENSEMBLE + args + ["--batch", "8", "--out", str(tmp_path / "one")], check=True, env=env,
+                   capture_output=True)
+
+    def val_losses(run):
+        rows = [r.split(",") for r in (run / "log.csv").read_text().splitlines()[1:]]
+        return [float(r[2]) for r in rows if r[1] == "val"]
+
+    two, one = val_losses(tmp_path / "ddp"), val_losses(tmp_path / "one")
+    baseline = unigram_entropy(load_prepared(corpus).train)
+    assert len(two) == 2 and two[1] < two[0] < baseline
+    assert two[1] < 0.8 * baseline
+    assert abs(two[1] - one[1]) < 0.15 * one[1], (two, one)
+
+
+def test_bad_inputs_fail_cleanly_and_overwrite_nothing(tmp_path, text_run, periodic_text):
+    before = (text_run / "train_state.pt").stat().st_mtime_ns
+    with pytest.raises(TrainError, match="already holds a training run"):
+        train(TrainConfig(data=str(periodic_text), out=str(text_run), codec="text", progress=False))
+    assert (text_run / "train_state.pt").stat().st_mtime_ns == before
+    with pytest.raises(TrainError, match="not a prepared corpus"):
+        train(TrainConfig(data=str(tmp_path), out=str(tmp_path / "x"), progress=False))
+    with pytest.raises(TrainError, match="CUDA is not available|cuda"):
+        if torch.cuda.is_available():
+            raise TrainError("cuda present: skip")
+        train(TrainConfig(data=str(periodic_text), out=str(tmp_path / "y"), codec="text", device="cuda",
+                          progress=False))
+    assert not (tmp_path / "y").exists()
+
+
+def test_unigram_entropy():
+    pieces = [Piece("a", np.array([0, 1, 0, 1]))]
+    assert math.isclose(unigram_entropy(pieces), math.log(2))
