@@ -32,3 +32,43 @@ def text_run(tmp_path_factory, periodic_text) -> Path:
     metrics = train(cfg)
     assert metrics["step"] == 300
     return out
+
+
+def melody_pieces(codec, n_pieces=24, seed=0):
+    """Simple real melodies (scales and arpeggios with rests), as notes-codec pieces."""
+    import numpy as np
+
+    from ensemble.codecs.midi_notes import Note
+    from ensemble.codecs.notes import from_notes
+    from ensemble.data import Piece
+
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for i in range(n_pieces):
+        root = int(rng.integers(55, 67))
+        shape = [0, 2, 4, 5, 7, 9, 11, 12] if i % 2 else [0, 4, 7, 12, 7, 4]
+        notes, t = [], 0.0
+        for rep in range(6):
+            for step in shape:
+                length = 0.25 if rep % 2 else 0.125
+                notes.append(Note(t, t + length * 0.9, root + step, 80 + 10 * (rep % 3)))
+                t += length
+            t += 0.5
+        pieces.append(Piece(f"melody{i}", np.array(codec.encode(from_notes(notes)))))
+    return pieces
+
+
+@pytest.fixture(scope="session")
+def notes_model(tmp_path_factory) -> Path:
+    """A small notes-codec LSTM trained for real on simple melodies (a few seconds)."""
+    from ensemble.codecs.notes import NotesCodec
+    from ensemble.data import write_prepared
+    from ensemble.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("notes")
+    codec = NotesCodec()
+    write_prepared(root / "corpus", codec, melody_pieces(codec), val_fraction=0.2, seed=0)
+    cfg = TrainConfig(data=str(root / "corpus"), out=str(root / "run"), size="xs", steps=80, seq_len=32,
+                      batch=8, eval_every=80, save_every=80, progress=False)
+    train(cfg)
+    return root / "run" / "best"

@@ -21,8 +21,9 @@ import socket
 import time
 
 from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc import osc_packet
 from pythonosc.osc_packet import OscPacket
-from pythonosc.parsing.osc_types import ParseError
+from pythonosc.parsing import osc_types
 
 from ensemble.server.conductor import Conductor, ControlError
 from ensemble.server.events import EventError
@@ -176,11 +177,14 @@ class OscServer:
         source = f"osc:{addr[0]}:{addr[1]}"
         try:
             packet = OscPacket(data)
-        except (ParseError, ValueError, IndexError, TypeError) as exc:
+        except (osc_packet.ParseError, osc_types.ParseError, ValueError, IndexError, TypeError) as exc:
             self._error(addr, None, "?", f"malformed OSC packet ({exc})")
             return
         for timed in packet.messages:
-            self.message(timed.message.address, list(timed.message.params), addr, source)
+            try:
+                self.message(timed.message.address, list(timed.message.params), addr, source)
+            except Exception:  # a bug must cost one message, never the server
+                log.exception("internal error on %s from %s", timed.message.address, source)
 
     def message(self, address: str, args: list, addr, source: str) -> None:
         performer = args[0] if args and isinstance(args[0], str) else None

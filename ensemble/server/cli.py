@@ -51,7 +51,7 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread (tests) or Windows
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), Windows
             pass
 
     def periodic():

@@ -205,7 +205,7 @@ class Conductor:
         p.last_heard = now
         p.events_in += 1
         if self.recorder:
-            self.recorder.record("in", p.id, kind, values, source)
+            self.recorder.record("in", p.id, kind, values, source, token=token)
         if p.mode == "respond":
             self._silence(p)  # the performer plays again: the machine stops
         elif p.mode == "auto" and p.next_event is not None:
@@ -309,7 +309,9 @@ class Conductor:
         verb = address.rsplit("/", 1)[-1]
         if verb in ("note", "touch", "gesture"):
             self.play(args[0], verb, tuple(args[1:]), source)
-        elif verb == "hello":
+            return
+        self.flush()  # events that came before a control message are answered before it
+        if verb == "hello":
             if make_output is None:
                 raise ControlError("hello needs a reply address")
             self.hello(args[0], make_output(args[0], args[1:]), source)
@@ -328,7 +330,7 @@ class Conductor:
                 self.reply(reply_to, "/ensemble/status", [json.dumps(self.status())])
         else:
             raise ControlError(f"unknown address {address}")
-        if self.recorder and verb not in ("note", "touch", "gesture", "status"):
+        if self.recorder and verb != "status":
             self.recorder.record("in", args[0] if args else "*", verb, args[1:], source)
 
     # ------------------------------------------------------------------ snapshots

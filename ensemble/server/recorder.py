@@ -5,7 +5,7 @@ to its last complete line. The first line describes the session (model, codec); 
 event line has:
 
     {"t": 12.3456, "dir": "in", "performer": "alice", "kind": "note",
-     "values": [60, 100], "source": "osc:127.0.0.1:53122", "seq": null}
+     "values": [60, 100], "source": "osc:127.0.0.1:53122", "seq": null, "token": 1234}
 
 `t` is seconds since the session started (monotonic clock). Lines are buffered and
 flushed to the operating system at least every `flush_interval` (100 ms): a crash of
@@ -55,12 +55,15 @@ class Recorder:
             self._timer = self.loop.call_later(self.flush_interval, self._tick)
         return self.path
 
-    def record(self, direction: str, performer: str, kind: str, values, source: str = "", seq=None) -> None:
+    def record(self, direction: str, performer: str, kind: str, values, source: str = "", seq=None,
+               token: int | None = None) -> None:
         if self.file is None:
             return
-        t = round(time.monotonic() - self.started, 6)
-        self.file.write(json.dumps({"t": t, "dir": direction, "performer": performer, "kind": kind,
-                                    "values": list(values), "source": source, "seq": seq}) + "\n")
+        item = {"t": round(time.monotonic() - self.started, 6), "dir": direction, "performer": performer,
+                "kind": kind, "values": list(values), "source": source, "seq": seq}
+        if token is not None:
+            item["token"] = token  # exactly what the model was fed
+        self.file.write(json.dumps(item) + "\n")
         self.lines += 1
         self._dirty = True
 
