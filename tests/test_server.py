@@ -31,41 +31,37 @@ def config(model, tmp_path, **kw) -> ServerConfig:
     return ServerConfig(**values)
 
 
-def replay_predictions(model_dir, tokens: list[int], performer: str, settings: SamplingSettings) -> list[int]:
-    """What the model predicts after each token, offline with torch `step` and the performer's seed."""
+def duet_replay(model_dir, events: list[dict], performer: str, settings: SamplingSettings) -> list[tuple]:
+    """What duet mode must send for these recorded events, computed offline with torch `step`.
+
+    A note-on is answered by a note-on sampled with every note-off token forbidden, after
+    ending the previous answer; a note-off ends the current answer.
+    """
     ckpt = checkpoint.load(model_dir)
+    codec = ckpt.codec
+    mask = np.array([codec.decode_token(t).velocity == 0 for t in range(codec.vocab_size)])
     rng = np.random.default_rng([SEED, zlib.crc32(performer.encode())])
-    sampler = Sampler(ckpt.codec.vocab_size)
-    state, out = None, []
+    sampler = Sampler(codec.vocab_size)
+    state, sent, answer = None, [], None
     with torch.no_grad():
-        for t in tokens:
-            logits, state = ckpt.model.step(torch.tensor([t]), state)
-            out.append(int(sampler(logits[0].numpy(), settings, rng, None)))
-    return out
-
-
-def held_note_filter(events):
-    """What the server sends for a stream of predicted (pitch, velocity): note-offs only for sounding notes."""
-    sounding, sent = set(), []
-    for pitch, velocity in events:
-        if velocity == 0:
-            if pitch in sounding:
-                sounding.discard(pitch)
-                sent.append((pitch, 0))
-        else:
-            if pitch in sounding:
-                sent.append((pitch, 0))
-            sounding.add(pitch)
-            sent.append((pitch, velocity))
+        for e in events:
+            logits, state = ckpt.model.step(torch.tensor([e["token"]]), state)
+            if answer is not None:
+                sent.append((answer, 0))
+                answer = None
+            if e["values"][1] > 0:
+                note = codec.decode_token(int(sampler(logits[0].numpy(), settings, rng, mask)))
+                sent.append((note.pitch, note.velocity))
+                answer = note.pitch
     return sent
 
 
-def in_tokens(folder, performer):
+def in_events(folder, performer):
     events = []
     for path in sorted(folder.glob("*.jsonl")):
         events += [e for e in read_session(path)[1] if e["dir"] == "in" and e["performer"] == performer
                    and "token" in e]
-    return [e["token"] for e in events]
+    return events
 
 
 def test_two_interleaved_performers_each_follow_only_their_own_history(notes_model, tmp_path):
@@ -78,7 +74,7 @@ def test_two_interleaved_performers_each_follow_only_their_own_history(notes_mod
         melody = {"alice": [60, 62, 64, 65, 67, 65, 64, 62], "bob": [48, 55, 52, 55, 48, 55, 52, 55]}
         for i in range(8):
             for name, peer in (("alice", alice), ("bob", bob)):
-                peer.send("/ensemble/note", name, melody[name][i], 90 if i % 2 else 0)
+                peer.send("/ensemble/note", name, melody[name][i - i % 2], 0 if i % 2 else 90)
         for name, peer in (("alice", alice), ("bob", bob)):
             peer.sock.settimeout(5)
         # every event is answered at once in duet mode; read until both streams have gone quiet
@@ -90,13 +86,12 @@ def test_two_interleaved_performers_each_follow_only_their_own_history(notes_mod
                     break
                 assert address == "/ensemble/note" and args[0] == name
                 got[name].append(tuple(args[1:]))
-        codec = server.conductor.codec
         settings = SamplingSettings(cfg.temperature, cfg.top_k, cfg.top_p)
     for name in ("alice", "bob"):
-        tokens = in_tokens(tmp_path / "rec", name)
-        assert len(tokens) == 8
-        predicted = [codec.decode_token(t) for t in replay_predictions(notes_model, tokens, name, settings)]
-        expected = held_note_filter([(e.pitch, e.velocity) for e in predicted])
+        events = in_events(tmp_path / "rec", name)
+        assert len(events) == 8
+        expected = duet_replay(notes_model, events, name, settings)
+        assert len(expected) == 8  # one answer per event
         assert [g[:2] for g in got[name]] == expected
         assert [g[2] for g in got[name]] == list(range(1, len(expected) + 1))  # sequence numbers
 
@@ -202,7 +197,7 @@ def test_sigterm_then_restore_continues_exactly(notes_model, tmp_path):
     try:
         peer.send("/ensemble/hello", "fay", "127.0.0.1", peer.port)
         peer.send("/ensemble/set", "fay", "max_note", 60.0)
-        for pitch in (60, 62, 64, 62):
+        for pitch in (60, 62, 64, 65):
             peer.send("/ensemble/note", "fay", pitch, 80)
         peer.send("/ensemble/status")
         while True:
@@ -244,16 +239,15 @@ def test_sigterm_then_restore_continues_exactly(notes_model, tmp_path):
     for path in logs:  # complete and parseable
         header, events = read_session(path)
         assert header["kind"] == "session" and events
-    tokens = in_tokens(tmp_path / "rec", "fay")
-    assert len(tokens) == 8
-    codec = checkpoint.load(notes_model).codec
+    events = in_events(tmp_path / "rec", "fay")
+    assert len(events) == 8
     settings = SamplingSettings(1.0, 0, 0.95)
-    predicted = [codec.decode_token(t) for t in replay_predictions(notes_model, tokens, "fay", settings)]
-    before = held_note_filter([(e.pitch, e.velocity) for e in predicted[:4]])
+    expected = duet_replay(notes_model, events, "fay", settings)
+    before = duet_replay(notes_model, events[:4], "fay", settings)
     assert [tuple(r[1:3]) for r in received[:len(before)]] == before
-    # the restored server answers exactly as the uninterrupted history predicts (nothing sounds after a restart)
-    expected = held_note_filter([(e.pitch, e.velocity) for e in predicted[4:]])
-    assert expected, "choose a seed whose continuation plays something"
-    assert [tuple(r[1:3]) for r in after] == expected
+    # shutdown ended the last answer (the off that the 5th event would have sent) ...
+    assert tuple(received[len(before)][1:3]) == expected[len(before)] and len(received) == len(before) + 1
+    # ... and the restored server answers exactly as the uninterrupted history predicts
+    assert [tuple(r[1:3]) for r in after] == expected[len(before) + 1:]
     assert all(r[0] == "fay" for r in after)
     assert after[0][3] == received[-1][3] + 1  # sequence numbers continue across the restart

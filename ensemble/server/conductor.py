@@ -7,6 +7,8 @@ batched engine call (`flush`), and answers by mode:
 - ``listen``: record only.
 - ``duet``: answer every event at once with the model's prediction of the performer's
   next event (the answer is not fed back: the state is the performer's own playing).
+  With notes, a note-on is answered by the note the model expects next (note-offs are
+  masked from that draw) and a note-off ends that answer: one reply per event.
 - ``respond``: call and response. After `threshold` seconds of silence the machine
   continues in the performer's style, event by event at the predicted times, each
   played event fed back into the state, until the performer plays again.
@@ -60,6 +62,7 @@ class Pending:
     performer: Performer
     token: int
     own: bool  # True: the machine's own event, fed back; False: the performer played it
+    values: tuple = ()
 
 
 class Conductor:
@@ -72,7 +75,9 @@ class Conductor:
         self.engine = make_engine(checkpoint.model, config.engine, slots=16)
         self.vocab = self.engine.vocab_size
         self.sampler = Sampler(self.vocab)
-        self.mask = forbidden_mask(self.vocab, getattr(self.codec, "forbidden", None))
+        forbidden = list(getattr(self.codec, "forbidden", None) or [])
+        self.mask = forbidden_mask(self.vocab, forbidden)
+        self.duet_mask = forbidden_mask(self.vocab, forbidden + self.adapter.duet_forbidden)
         self.performers: dict[str, Performer] = {}
         self.pending: list[Pending] = []
         self._flush_soon = False
@@ -211,7 +216,7 @@ class Conductor:
         elif p.mode == "auto" and p.next_event is not None:
             p.next_event.cancel()  # re-planned from the new state after the step
             p.next_event = None
-        self.pending.append(Pending(p, token, own=False))
+        self.pending.append(Pending(p, token, own=False, values=values))
 
     def flush(self) -> None:
         """Step every performer with news, as few batched engine calls as possible."""
@@ -229,23 +234,22 @@ class Conductor:
                 p = e.performer
                 np.copyto(p.logits, logits[row])
                 p.has_logits = True
-                self._after_step(p, e.own)
+                self._after_step(p, e)
 
     def _flush_later(self) -> None:
         if not self._flush_soon:
             self._flush_soon = True
             self.loop.call_soon(self.flush)
 
-    def _after_step(self, p: Performer, own: bool) -> None:
+    def _after_step(self, p: Performer, e: Pending) -> None:
         if p.id not in self.performers:
             return
-        if own:
+        if e.own:
             if p.generating:
                 self._plan_next(p)
             return
         if p.mode == "duet":
-            token = self._sample(p)
-            self._emit(p, self.adapter.event(token))
+            self._duet(p, e.values)
         elif p.mode == "respond":
             p.silence = self.loop.call_later(p.threshold, self._start_generating, p)
         elif p.mode == "auto":
@@ -253,6 +257,18 @@ class Conductor:
             self._plan_next(p)
 
     # ------------------------------------------------------------------ the machine plays
+
+    def _duet(self, p: Performer, values: tuple) -> None:
+        """Answer at once: the performer's next event as the model expects it."""
+        answer = p.extra.pop("duet_note", None)
+        if answer is not None:  # one answer note at a time: the last one ends now
+            self.held.note(p, answer, 0)
+        if not self.adapter.answers(values):
+            return
+        event = self.adapter.event(int(self.sampler(p.logits, p.settings, p.rng, self.duet_mask)))
+        if event.kind == "note":
+            p.extra["duet_note"] = event.values[0]
+        self._emit(p, event)
 
     def _sample(self, p: Performer) -> int:
         return int(self.sampler(p.logits, p.settings, p.rng, self.mask))

@@ -48,11 +48,18 @@ def _unit(value, name) -> float:
 
 
 class NotesAdapter:
+    """Duet answers a note-on with the note the model expects next (note-offs masked
+    out of that draw) and a note-off by ending that answer: one reply per event."""
+
     kind = "note"
 
     def __init__(self, codec):
         self.codec = codec
         self.start_token = codec.encode_event(1.0, (codec.low_pitch + codec.high_pitch) // 2, 0)
+        self.duet_forbidden = [t for t in range(codec.vocab_size) if codec.decode_token(t).velocity == 0]
+
+    def answers(self, values: tuple) -> bool:
+        return values[1] > 0
 
     def check(self, values) -> tuple:
         pitch, velocity = values
@@ -72,6 +79,10 @@ class TouchAdapter:
     def __init__(self, codec):
         self.codec = codec
         self.start_token = codec.encode_event(1.0, 0.5, 0.5)
+        self.duet_forbidden = []
+
+    def answers(self, values: tuple) -> bool:
+        return True
 
     def check(self, values) -> tuple:
         x, y = values
