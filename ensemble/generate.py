@@ -40,6 +40,8 @@ def prime_tokens(codec, prime: str | None) -> list[int]:
         if unknown:
             print(f"ensemble generate: warning: the model never saw {''.join(sorted(unknown))!r}; "
                   "they are fed as the unknown token", file=sys.stderr)
+    if hasattr(codec, "prime"):  # abc: a tune's beginning, without the end-of-tune token
+        return list(codec.prime(prime))
     return list(codec.encode(prime))
 
 
