@@ -563,6 +563,11 @@ class AbcCodec:
         """Tokens a sampler should never draw (none: every token is musical)."""
         return []
 
+    @property
+    def start_token(self) -> int:
+        """Generation without a prime begins a new tune."""
+        return self.token(BOS)
+
     def token(self, text: str) -> int:
         """A token string ('K:Gmaj', '^c', '|:') -> its id."""
         try:
