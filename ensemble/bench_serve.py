@@ -1,0 +1,188 @@
+"""`ensemble bench serve`: OSC round trip through a real server process, on loopback.
+
+The server runs as its own process (`ensemble serve --mode duet`, recording on, as on
+stage); this process plays performers over UDP and times each event from the moment
+it is sent to the moment its answer arrives. In duet mode every event gets exactly one
+answer (a note-on its predicted note, a note-off the end of that note), so the k-th
+answer to a performer (sequence number k) belongs to their k-th event and an event with
+no answer is counted as lost.
+
+Two runs:
+1. one performer, closed loop: send, wait for the answer, send the next;
+2. N performers (16) each sending R events/s (50) for D seconds (10), open loop, on a
+   fixed schedule whatever the server does: the load the issue names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from pythonosc.osc_packet import OscPacket
+
+from ensemble.io.osc import build
+
+READY = re.compile(r"ready on udp ([\d.]+):(\d+)")
+SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
+
+
+def start_server(model: str | None, record: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, "-m", "ensemble", "serve", "--port", "0", "--mode", "duet", "--no-snapshot",
+           "--record", record, "--seed", "0"] + (["--model", model] if model else []) + extra
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    match = READY.search(line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"the server did not start: {line.strip()}")
+    return proc, int(match.group(2))
+
+
+def event_args(performer: str, k: int) -> list:
+    """The k-th event of a performer: note-ons and note-offs alternate (k even: on)."""
+    pitch = SCALE[(k // 2) % len(SCALE)]
+    return [performer, pitch, 90 if k % 2 == 0 else 0]
+
+
+class Peer:
+    def __init__(self, port: int):
+        self.server = ("127.0.0.1", port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def send(self, address: str, args: list) -> None:
+        self.sock.sendto(build(address, args), self.server)
+
+    def recv(self, timeout: float):
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(65536)
+        message = OscPacket(data).messages[0].message
+        return message.address, message.params
+
+
+def hello(peer: Peer, performers: list[str]) -> None:
+    for name in performers:
+        peer.send("/ensemble/hello", [name, "127.0.0.1", peer.port])
+    peer.send("/ensemble/status", [])
+    while peer.recv(5.0)[0] != "/ensemble/status":
+        pass
+
+
+def closed_loop(port: int, events: int, warmup: int = 50) -> dict:
+    peer = Peer(port)
+    hello(peer, ["solo"])
+    latencies, lost = [], 0
+    for k in range(events + warmup):
+        sent = time.perf_counter()
+        peer.send("/ensemble/note", event_args("solo", k))
+        try:
+            while True:
+                address, args = peer.recv(1.0)
+                if address == "/ensemble/note" and args[3] == k + 1:
+                    break
+        except socket.timeout:
+            lost += 1
+            continue
+        if k >= warmup:
+            latencies.append(time.perf_counter() - sent)
+    return summarize(latencies, events, lost)
+
+
+async def _open_loop(port: int, performers: int, rate: float, seconds: float) -> dict:
+    loop = asyncio.get_running_loop()
+    peer = Peer(port)
+    names = [f"p{i:02d}" for i in range(performers)]
+    hello(peer, names)
+    peer.sock.setblocking(False)
+    per_performer = int(rate * seconds)
+    sent = {name: np.zeros(per_performer) for name in names}
+    received = {name: np.full(per_performer, np.nan) for name in names}
+    extra = 0
+
+    def readable():
+        nonlocal extra
+        now = time.perf_counter()
+        while True:
+            try:
+                data = peer.sock.recv(65536)
+            except BlockingIOError:
+                return
+            message = OscPacket(data).messages[0].message
+            if message.address != "/ensemble/note":
+                continue
+            name, seq = message.params[0], message.params[3]
+            if name in received and 1 <= seq <= per_performer:
+                received[name][seq - 1] = now
+            else:
+                extra += 1
+
+    def fire(name: str, k: int):
+        sent[name][k] = time.perf_counter()
+        peer.send("/ensemble/note", event_args(name, k))
+
+    loop.add_reader(peer.sock.fileno(), readable)
+    start = loop.time() + 0.2
+    for i, name in enumerate(names):
+        phase = i / (performers * rate)  # spread the performers over the 20 ms period
+        for k in range(per_performer):
+            loop.call_at(start + phase + k / rate, fire, name, k)
+    await asyncio.sleep(seconds + 0.2 + 1.0)  # the schedule plus a second for the last answers
+    loop.remove_reader(peer.sock.fileno())
+    latencies, lost = [], 0
+    for name in names:
+        ok = ~np.isnan(received[name])
+        lost += int((~ok).sum())
+        latencies.extend((received[name][ok] - sent[name][ok]).tolist())
+    result = summarize(latencies, performers * per_performer, lost)
+    result["unexpected"] = extra
+    return result
+
+
+def summarize(latencies, events: int, lost: int) -> dict:
+    ms = np.array(latencies) * 1000
+    if not len(ms):
+        return {"events": events, "lost": lost}
+    return {"events": events, "answered": len(ms), "lost": lost, "median_ms": float(np.median(ms)),
+            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "mean_ms": float(ms.mean())}
+
+
+def bench_serve(model: str | None, events: int = 2000, performers: int = 16, rate: float = 50.0,
+                seconds: float = 10.0, engine: str | None = None) -> dict:
+    with tempfile.TemporaryDirectory() as record:
+        proc, port = start_server(model, record, ["--engine", engine] if engine else [])
+        try:
+            solo = closed_loop(port, events)
+            band = asyncio.run(_open_loop(port, performers, rate, seconds))
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    return {"solo": solo, "band": band}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", help="model folder (default: the bundled default model)")
+    p.add_argument("--events", type=int, default=2000, help="closed-loop events for one performer")
+    p.add_argument("--performers", type=int, default=16, help="performers in the load run")
+    p.add_argument("--rate", type=float, default=50.0, help="events per second per performer in the load run")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of the load run")
+    p.add_argument("--engine", choices=["numpy", "torch"], help="the server's inference engine")
+
+
+def run(args) -> int:
+    result = bench_serve(args.model, args.events, args.performers, args.rate, args.seconds, args.engine)
+    print("OSC round trip on loopback (event sent -> prediction received), server in duet mode")
+    print(f"{'run':<34} {'events':>7} {'lost':>5} {'median ms':>10} {'p99 ms':>8} {'max ms':>8}")
+    rows = [("1 performer, closed loop", result["solo"]),
+            (f"{args.performers} performers x {args.rate:g}/s x {args.seconds:g} s", result["band"])]
+    for label, r in rows:
+        print(f"{label:<34} {r['events']:>7} {r['lost']:>5} {r.get('median_ms', float('nan')):>10.3f} "
+              f"{r.get('p99_ms', float('nan')):>8.3f} {r.get('max_ms', float('nan')):>8.3f}")
+    return 0

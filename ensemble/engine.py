@@ -1,0 +1,778 @@
+"""The live inference engine: one token in per performer, next-token logits out.
+
+The trainer stays torch; the server's hot path runs a copy of the model's weights in
+numpy, which on these small CPUs is several times faster per event than torch eager
+(see DESIGN.md, "The hot path", and `ensemble bench step`):
+
+- **StateBank**: the hidden states of every performer, one *slot* each, in one
+  preallocated array; `alloc_slot` / `free_slot` / `reset_slot`, `get_state` /
+  `set_state` (plain numpy arrays, for snapshots), growable.
+- **NumpyEngine**: float32 copies of a TokenRNN's weights, the gate weights of each
+  layer fused so that ONE matmul of [x, h] gives all the gates of all the stepped
+  slots; preallocated buffers and in-place ufuncs, so a step allocates (almost)
+  nothing. rnn, gru and lstm cells, 1-3 layers.
+- **TorchEngine**: the same interface around the torch model itself (inference mode,
+  oneDNN off during the step): the reference the numpy engine is tested against.
+- **Sampler**: `ensemble.sampling.sample` with preallocated buffers; exactly the same
+  draws (same settings, same rng consumption, same tokens) at about half the cost.
+
+`make_engine(model, kind="numpy", slots=16)` builds either engine.
+
+How the numpy step is laid out
+------------------------------
+Each slot's state is one row of ``bank.rows``::
+
+    [ 1 | x (embedding) | h_0 | h_1 | ... | h_{L-1} | 1 ]
+
+so the input of every matmul is a contiguous slice of that row: layer 0 reads
+``[1, x, h_0]`` (its bias is the weight row that meets the leading 1), layer l reads
+``[h_{l-1}, h_l]`` (h_{l-1} already holds this step's output of the layer below), and
+the output layer reads ``[h_{L-1}, 1]`` (its bias meets the trailing 1). LSTM cells keep
+``c`` in ``bank.c`` (slots, layers, hidden). A single slot is stepped in place, on its
+bank row; a batch is gathered into a work buffer, stepped, and scattered back; small
+batches go row by row, because a matrix-vector product per row is cheaper than one
+small-M matrix product there (measured, see `GEMV_MAX_BATCH`).
+
+Gate columns are reordered so the sigmoid gates are contiguous (LSTM: i, f, o, g; GRU:
+r, z, n_x, n_h) and their weights are pre-scaled by 1/2 (exact in floating point):
+sigmoid(a) = (1 + tanh(a / 2)) / 2, so one `tanh` call covers every gate. GRU's
+candidate n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) cannot add its input and hidden
+parts before r multiplies the hidden part, so they get separate columns (n_x with zeros
+in the h rows, n_h with zeros in the x rows) of the same single matmul.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import numpy as np
+
+from ensemble.model import TokenRNN
+from ensemble.sampling import SamplingSettings, sample
+
+KINDS = ("numpy", "torch")
+
+# Batches up to this size are stepped one slot at a time (matrix-vector products);
+# larger ones as one matrix product. On the 2-core EPYC machines with OpenBLAS, small-M
+# GEMM packs the whole weight matrix on every call: a (4 x 512) @ (512 x 1040) product
+# costs about as much as 4 separate products (a (4 x 257) @ (257 x 3660) head more),
+# 16 rows cost 6-10 rows' worth. Measured crossover: 4-6 rows.
+GEMV_MAX_BATCH = 4
+
+
+def padded_width(n: int) -> int:
+    """Columns to allocate for an n-column weight matrix: OpenBLAS small-M GEMM slows
+    down by up to 2x when a row is a multiple of 1 KiB (n = 1024 floats, 2048, ...;
+    cache-set aliasing); 16 more columns avoid it (measured; matrix-vector products
+    do not care)."""
+    return n + 16 if n >= 1024 and n % 256 == 0 else n
+
+
+class SlotError(ValueError):
+    """A slot that is not allocated, out of range, or given twice in one batch."""
+
+
+# ----------------------------------------------------------------------------- slots
+
+
+class _Slots:
+    """Slot bookkeeping shared by both banks: which slots are in use, growth."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"a state bank needs at least 1 slot, got {capacity}")
+        self.in_use = np.zeros(capacity, dtype=bool)
+        self._used: set[int] = set()  # the same, for cheap checks on the hot path
+        self.generation = 0  # bumped whenever the storage is reallocated
+
+    @property
+    def capacity(self) -> int:
+        return len(self.in_use)
+
+    @property
+    def used(self) -> list[int]:
+        return np.flatnonzero(self.in_use).tolist()
+
+    def alloc(self) -> int:
+        """A free slot (the lowest), in its initial state; grows the bank when full."""
+        free = np.flatnonzero(~self.in_use)
+        if len(free) == 0:
+            slot = self.capacity
+            self.grow(2 * self.capacity)
+        else:
+            slot = int(free[0])
+        self._clear(slot)
+        self.in_use[slot] = True
+        self._used.add(slot)
+        return slot
+
+    def free(self, slot: int) -> None:
+        slot = self.check(slot)
+        self.in_use[slot] = False
+        self._used.discard(slot)
+
+    def reset(self, slot: int) -> None:
+        """Put a slot back to the state a new stream starts from (zeros)."""
+        self.check(slot)
+        self._clear(slot)
+
+    def grow(self, capacity: int) -> None:
+        """Make room for `capacity` slots (never shrinks); states are kept."""
+        if capacity <= self.capacity:
+            return
+        self._resize(capacity)
+        in_use = np.zeros(capacity, dtype=bool)
+        in_use[: self.capacity] = self.in_use
+        self.in_use = in_use
+        self.generation += 1
+
+    def check(self, slot) -> int:
+        if not (isinstance(slot, (int, np.integer)) and int(slot) in self._used):
+            raise SlotError(f"slot {slot!r} is not allocated (capacity {self.capacity}, in use {self.used})")
+        return int(slot)
+
+    def check_many(self, slots: list[int]) -> None:
+        """All slots allocated and distinct (a slot twice in one batch would lose a step)."""
+        if not self._used.issuperset(slots):
+            raise SlotError(f"slots {sorted(set(slots) - self._used)} are not allocated (in use {self.used})")
+        if len(set(slots)) != len(slots):
+            raise SlotError(f"a slot appears twice in one batch: {slots}")
+
+    # storage hooks
+    def _clear(self, slot: int) -> None:
+        raise NotImplementedError
+
+    def _resize(self, capacity: int) -> None:
+        raise NotImplementedError
+
+
+def _check_state(state: dict, layers: int, hidden: int, lstm: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    keys = {"h", "c"} if lstm else {"h"}
+    if not isinstance(state, dict) or set(state) != keys:
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"a state is a dict with keys {sorted(keys)}, got {got}")
+    arrays = []
+    for key in sorted(keys, reverse=True):  # h, then c
+        a = np.asarray(state[key], dtype=np.float32)
+        if a.shape != (layers, hidden):
+            raise ValueError(f"state[{key!r}] must have shape {(layers, hidden)}, got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"state[{key!r}] holds NaN or infinity")
+        arrays.append(a)
+    return arrays[0], (arrays[1] if lstm else None)
+
+
+class StateBank(_Slots):
+    """The hidden states of all slots, numpy float32, in the row layout the engine steps.
+
+    ``rows`` (capacity, width): per slot ``[1 | x | h_0 .. h_{L-1} | 1]``;
+    ``c`` (capacity, layers, hidden) for LSTM, else None. ``h`` and ``c_view`` give
+    (layers, capacity, hidden) views, the layout of `RNNState`. Views go stale when the
+    bank grows (`generation` changes).
+    """
+
+    def __init__(self, layers: int, hidden: int, lstm: bool, capacity: int = 16, input_width: int = 0):
+        super().__init__(capacity)
+        self.layers, self.hidden, self.lstm = layers, hidden, lstm
+        self.h_start = 1 + input_width
+        self.width = self.h_start + layers * hidden + 1
+        self.template = np.zeros(self.width, dtype=np.float32)
+        self.template[0] = self.template[-1] = 1.0
+        self.rows = np.tile(self.template, (capacity, 1))
+        self.c = np.zeros((capacity, layers, hidden), dtype=np.float32) if lstm else None
+
+    def _clear(self, slot: int) -> None:
+        self.rows[slot] = self.template
+        if self.c is not None:
+            self.c[slot] = 0.0
+
+    def _resize(self, capacity: int) -> None:
+        rows = np.tile(self.template, (capacity, 1))
+        rows[: self.capacity] = self.rows
+        self.rows = rows
+        if self.c is not None:
+            c = np.zeros((capacity, self.layers, self.hidden), dtype=np.float32)
+            c[: self.capacity] = self.c
+            self.c = c
+
+    @property
+    def h(self) -> np.ndarray:
+        """(layers, capacity, hidden) view of the hidden states."""
+        L, H = self.layers, self.hidden
+        return self.rows[:, self.h_start : self.h_start + L * H].reshape(-1, L, H).transpose(1, 0, 2)
+
+    @property
+    def c_view(self) -> np.ndarray | None:
+        """(layers, capacity, hidden) view of the LSTM cell states (None for rnn/gru)."""
+        return None if self.c is None else self.c.transpose(1, 0, 2)
+
+    def get(self, slot: int) -> dict:
+        slot = self.check(slot)
+        L, H = self.layers, self.hidden
+        state = {"h": self.rows[slot, self.h_start : self.h_start + L * H].reshape(L, H).copy()}
+        if self.c is not None:
+            state["c"] = self.c[slot].copy()
+        return state
+
+    def set(self, slot: int, state: dict) -> None:
+        slot = self.check(slot)
+        h, c = _check_state(state, self.layers, self.hidden, self.lstm)
+        self.rows[slot, self.h_start : self.h_start + h.size] = h.reshape(-1)
+        if c is not None:
+            self.c[slot] = c
+
+
+class TorchStateBank(_Slots):
+    """The same bank as torch tensors h, c (layers, capacity, hidden), for TorchEngine."""
+
+    def __init__(self, layers: int, hidden: int, lstm: bool, capacity: int = 16):
+        import torch
+
+        super().__init__(capacity)
+        self.layers, self.hidden, self.lstm = layers, hidden, lstm
+        self.h = torch.zeros(layers, capacity, hidden)
+        self.c = torch.zeros(layers, capacity, hidden) if lstm else None
+
+    def _clear(self, slot: int) -> None:
+        self.h[:, slot] = 0.0
+        if self.c is not None:
+            self.c[:, slot] = 0.0
+
+    def _resize(self, capacity: int) -> None:
+        import torch
+
+        def bigger(t):
+            new = torch.zeros(self.layers, capacity, self.hidden)
+            new[:, : t.shape[1]] = t
+            return new
+
+        self.h = bigger(self.h)
+        if self.c is not None:
+            self.c = bigger(self.c)
+
+    def get(self, slot: int) -> dict:
+        slot = self.check(slot)
+        state = {"h": self.h[:, slot].numpy().copy()}
+        if self.c is not None:
+            state["c"] = self.c[:, slot].numpy().copy()
+        return state
+
+    def set(self, slot: int, state: dict) -> None:
+        import torch
+
+        slot = self.check(slot)
+        h, c = _check_state(state, self.layers, self.hidden, self.lstm)
+        self.h[:, slot] = torch.from_numpy(h)
+        if c is not None:
+            self.c[:, slot] = torch.from_numpy(c)
+
+
+# ---------------------------------------------------------------------------- engines
+
+
+class Engine:
+    """What the server needs from an engine; both engines share it.
+
+    ``step(slots, tokens)`` advances the given slots by one token each and returns their
+    next-token logits (B, vocab) as float32 numpy, in the order of `slots`. The numpy
+    engine returns a view of a reused buffer: it is valid until the next step (copy it
+    to keep it). Slots in one call must be distinct and allocated.
+    """
+
+    kind = "?"
+
+    def __init__(self, model: TokenRNN, bank):
+        self.config = model.config
+        self.vocab_size = model.config.vocab_size
+        self.bank = bank
+
+    # slots
+    @property
+    def capacity(self) -> int:
+        return self.bank.capacity
+
+    @property
+    def slots_in_use(self) -> list[int]:
+        return self.bank.used
+
+    def alloc_slot(self) -> int:
+        return self.bank.alloc()
+
+    def free_slot(self, slot: int) -> None:
+        self.bank.free(slot)
+
+    def reset_slot(self, slot: int) -> None:
+        self.bank.reset(slot)
+
+    def grow(self, capacity: int) -> None:
+        self.bank.grow(capacity)
+
+    def get_state(self, slot: int) -> dict:
+        """{"h": (layers, hidden)[, "c": (layers, hidden)]} float32 copies; for snapshots."""
+        return self.bank.get(slot)
+
+    def set_state(self, slot: int, state: dict) -> None:
+        """Restore what `get_state` returned (either engine's)."""
+        self.bank.set(slot, state)
+
+    # stepping
+    def _arrays(self, slots, tokens) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+        """slots and tokens as intp arrays and as lists, checked (Python-level checks:
+        cheaper than numpy reductions for the batch sizes a server sees)."""
+        slots = np.asarray(slots, dtype=np.intp).reshape(-1)
+        tokens = np.asarray(tokens, dtype=np.intp).reshape(-1)
+        sl, tk = slots.tolist(), tokens.tolist()
+        if len(sl) != len(tk) or not sl:
+            raise ValueError(f"one token per slot needed, got {len(sl)} slots and {len(tk)} tokens")
+        if min(tk) < 0 or max(tk) >= self.vocab_size:
+            raise ValueError(f"tokens must be in 0..{self.vocab_size - 1}, got {tk}")
+        self.bank.check_many(sl)
+        return slots, tokens, sl, tk
+
+    def _check_token(self, token) -> int:
+        if not (isinstance(token, (int, np.integer)) and 0 <= token < self.vocab_size):
+            raise ValueError(f"token must be an int in 0..{self.vocab_size - 1}, got {token!r}")
+        return int(token)
+
+    def step(self, slots: Sequence[int] | np.ndarray, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def step_one(self, slot: int, token: int) -> np.ndarray:
+        """One slot, one token -> logits (vocab,)."""
+        return self.step([slot], [token])[0]
+
+
+def _fused_layers(model: TokenRNN) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per layer: the fused gate matrix M (in + hidden, G*hidden) and bias (G*hidden,),
+    float64, gate columns in engine order and sigmoid gates pre-scaled by 1/2."""
+    cfg = model.config
+    H = cfg.hidden
+    out = []
+    for layer in range(cfg.layers):
+        w_ih, w_hh, b_ih, b_hh = (getattr(model.rnn, f"{name}_l{layer}").detach().cpu().double().numpy()
+                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        n_in = w_ih.shape[1]
+        if cfg.cell == "rnn":
+            M = np.concatenate([w_ih.T, w_hh.T], axis=0)
+            b = b_ih + b_hh
+        elif cfg.cell == "lstm":
+            order = [0, 1, 3, 2]  # torch: i, f, g, o -> engine: i, f, o, g
+            blocks = lambda a: [a[k * H : (k + 1) * H] for k in order]
+            M = np.concatenate([np.concatenate(blocks(w_ih), 0).T, np.concatenate(blocks(w_hh), 0).T], axis=0)
+            b = np.concatenate(blocks(b_ih + b_hh))
+            M[:, : 3 * H] *= 0.5
+            b[: 3 * H] *= 0.5
+        else:  # gru; torch: r, z, n -> engine: r, z, n_x, n_h
+            M = np.zeros((n_in + H, 4 * H))
+            M[:n_in, : 2 * H] = w_ih[: 2 * H].T
+            M[n_in:, : 2 * H] = w_hh[: 2 * H].T
+            M[:n_in, 2 * H : 3 * H] = w_ih[2 * H :].T
+            M[n_in:, 3 * H :] = w_hh[2 * H :].T
+            b = np.concatenate([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :], b_hh[2 * H :]])
+            M[:, : 2 * H] *= 0.5
+            b[: 2 * H] *= 0.5
+        out.append((M, b))
+    return out
+
+
+class _Plan:
+    """Preallocated views for stepping B rows: per layer, the matmul input, the gates and
+    their parts, the state it updates. Built once per slot (B = 1, on the bank) or per
+    batch size (on the work buffers)."""
+
+    __slots__ = ("x", "layers", "head_in", "rows", "c")
+
+
+class NumpyEngine(Engine):
+    """TokenRNN inference in numpy float32 with a bank of slots. See the module doc."""
+
+    kind = "numpy"
+
+    def __init__(self, model: TokenRNN, slots: int = 16):
+        cfg = model.config
+        super().__init__(model, StateBank(cfg.layers, cfg.hidden, cfg.cell == "lstm", slots, cfg.embedding))
+        self.cell, self.layers, self.hidden = cfg.cell, cfg.layers, cfg.hidden
+        E, H, L = cfg.embedding, cfg.hidden, cfg.layers
+        f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
+        self.embedding = np.array(model.embed.weight.detach().cpu().numpy(), dtype=np.float32)  # a copy
+        self.weights, self.biases = [], []
+        for layer, (M, b) in enumerate(_fused_layers(model)):
+            pad = ((0, 0), (0, padded_width(M.shape[1]) - M.shape[1]))  # zero columns: gates that stay 0
+            if layer == 0:  # input [1, x, h_0]: the bias is the first weight row
+                self.weights.append(f32(np.pad(np.concatenate([b[None, :], M], axis=0), pad)))
+                self.biases.append(None)
+            else:
+                self.weights.append(f32(np.pad(M, pad)))
+                self.biases.append(f32(np.pad(b, pad[1])))
+        head_w = model.head.weight.detach().cpu().double().numpy()
+        head_b = model.head.bias.detach().cpu().double().numpy()
+        head = np.concatenate([head_w.T, head_b[None, :]], axis=0)  # input [h_{L-1}, 1]
+        self.head = f32(np.pad(head, ((0, 0), (0, padded_width(self.vocab_size) - self.vocab_size))))
+        self.gate_width = self.weights[0].shape[1]
+        # column ranges of each layer's matmul input, and of each h, in a bank row
+        hs = self.bank.h_start
+        self._h_cols = [slice(hs + l * H, hs + (l + 1) * H) for l in range(L)]
+        self._in_cols = [slice(0, hs + H)] + [slice(hs + (l - 1) * H, hs + (l + 1) * H) for l in range(1, L)]
+        self._head_cols = slice(hs + (L - 1) * H, hs + L * H + 1)
+        self._x_cols = slice(1, 1 + E)
+        self._make_buffers()
+
+    def _make_buffers(self) -> None:
+        cap, bank = self.capacity, self.bank
+        self._generation = bank.generation
+        self._rows_buf = np.empty((cap, bank.width), dtype=np.float32)
+        self._c_buf = np.empty((cap, self.layers, self.hidden), dtype=np.float32) if bank.lstm else None
+        self._gates = np.zeros((cap, self.gate_width), dtype=np.float32)
+        self._logits = np.zeros((cap, self.head.shape[1]), dtype=np.float32)
+        self._logit_rows = [self._logits[j : j + 1] for j in range(cap)]
+        self._slot_plans: dict[int, _Plan] = {}
+        self._batch_plans: dict[int, _Plan] = {}
+
+    def _plan(self, rows: np.ndarray, c: np.ndarray | None) -> _Plan:
+        """Views for stepping `rows` (B, width) with cell states `c` (B, layers, hidden)."""
+        B, H = rows.shape[0], self.hidden
+        g = self._gates[:B]  # (B, padded width); the gates use the first G * hidden columns
+        p = _Plan()
+        p.rows, p.c = rows, c
+        p.x = rows[:, self._x_cols]
+        p.head_in = rows[:, self._head_cols]
+        p.layers = []
+        for l in range(self.layers):
+            x, h, W, b = rows[:, self._in_cols[l]], rows[:, self._h_cols[l]], self.weights[l], self.biases[l]
+            if self.cell == "rnn":
+                parts = (g[:, :H],)
+            elif self.cell == "lstm":
+                parts = (g[:, : 3 * H], g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H : 4 * H], c[:, l])
+            else:
+                parts = (g[:, : 2 * H], g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H : 4 * H])
+            p.layers.append((x, W, b, g, h) + parts)
+        return p
+
+    def _slot_plan(self, slot: int) -> _Plan:
+        plan = self._slot_plans.get(slot)
+        if plan is None:
+            c = None if self.bank.c is None else self.bank.c[slot : slot + 1]
+            plan = self._slot_plans[slot] = self._plan(self.bank.rows[slot : slot + 1], c)
+        return plan
+
+    def _batch_plan(self, B: int) -> _Plan:
+        plan = self._batch_plans.get(B)
+        if plan is None:
+            c = None if self._c_buf is None else self._c_buf[:B]
+            plan = self._batch_plans[B] = self._plan(self._rows_buf[:B], c)
+        return plan
+
+    def _run(self, plan: _Plan, out: np.ndarray) -> None:
+        """Step the rows of `plan` (embedding already in place) and write logits to `out`."""
+        dot, add, mul, tanh = np.dot, np.add, np.multiply, np.tanh
+        cell = self.cell
+        for layer in plan.layers:
+            x, W, b, g, h = layer[:5]
+            dot(x, W, out=g)
+            if b is not None:
+                add(g, b, out=g)
+            if cell == "lstm":
+                sig, i, f, o, gg, c = layer[5:]
+                tanh(g, out=g)                  # all of g: contiguous (padding columns are 0)
+                mul(sig, 0.5, out=sig)
+                add(sig, 0.5, out=sig)          # i, f, o = sigmoid
+                mul(f, c, out=c)
+                mul(i, gg, out=i)
+                add(c, i, out=c)                # c = f * c + i * g
+                tanh(c, out=h)
+                mul(h, o, out=h)                # h = o * tanh(c)
+            elif cell == "gru":
+                rz, r, z, nx, nh = layer[5:]
+                tanh(rz, out=rz)
+                mul(rz, 0.5, out=rz)
+                add(rz, 0.5, out=rz)            # r, z = sigmoid
+                mul(r, nh, out=nh)
+                add(nx, nh, out=nx)
+                tanh(nx, out=nx)                # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+                np.subtract(h, nx, out=h)
+                mul(h, z, out=h)
+                add(h, nx, out=h)               # h = n + z * (h - n) = (1 - z) * n + z * h
+            else:
+                tanh(layer[5], out=h)
+        dot(plan.head_in, self.head, out=out)
+
+    def _sync(self) -> None:
+        if self._generation != self.bank.generation:
+            self._make_buffers()
+
+    def step_one(self, slot: int, token: int) -> np.ndarray:
+        """One slot, one token -> logits (vocab,), a view of a reused buffer."""
+        self._sync()
+        plan = self._slot_plan(self.bank.check(slot))
+        plan.x[0] = self.embedding[self._check_token(token)]
+        out = self._logit_rows[0]
+        self._run(plan, out)
+        return out[0, : self.vocab_size]
+
+    def step(self, slots, tokens) -> np.ndarray:
+        self._sync()
+        slots, tokens, sl, tk = self._arrays(slots, tokens)
+        B = len(sl)
+        if B <= GEMV_MAX_BATCH:
+            emb, rows = self.embedding, self._logit_rows
+            for j in range(B):
+                plan = self._slot_plan(sl[j])
+                plan.x[0] = emb[tk[j]]
+                self._run(plan, rows[j])
+            return self._logits[:B, : self.vocab_size]
+        plan = self._batch_plan(B)
+        bank = self.bank
+        np.take(bank.rows, slots, axis=0, out=plan.rows, mode="clip")
+        if plan.c is not None:
+            np.take(bank.c, slots, axis=0, out=plan.c, mode="clip")
+        np.take(self.embedding, tokens, axis=0, out=plan.x, mode="clip")
+        out = self._logits[:B]
+        self._run(plan, out)
+        bank.rows[slots] = plan.rows
+        if plan.c is not None:
+            bank.c[slots] = plan.c
+        return out[:, : self.vocab_size]
+
+
+class TorchEngine(Engine):
+    """The reference engine: the torch model's own `step` over a torch state bank.
+
+    Runs a private eval-mode float32 CPU copy of the model (later changes to the model
+    do not reach it, as with NumpyEngine), under `torch.inference_mode()` with oneDNN
+    disabled during the step (its LSTM path is 2-3x slower for one step). Thread
+    settings (`torch.set_num_threads`) are the caller's.
+    """
+
+    kind = "torch"
+
+    def __init__(self, model: TokenRNN, slots: int = 16):
+        import torch
+
+        cfg = model.config
+        super().__init__(model, TorchStateBank(cfg.layers, cfg.hidden, cfg.cell == "lstm", slots))
+        self.model = copy.deepcopy(model).to("cpu", torch.float32).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def step(self, slots, tokens) -> np.ndarray:
+        import torch
+        from ensemble.model import RNNState
+
+        slots, tokens, sl, _ = self._arrays(slots, tokens)
+        mkldnn = torch.backends.mkldnn
+        previous = mkldnn.enabled
+        mkldnn.enabled = False
+        try:
+            with torch.inference_mode():
+                bank = self.bank
+                if len(sl) == 1:
+                    index = slice(sl[0], sl[0] + 1)
+                    state = RNNState(bank.h[:, index], None if bank.c is None else bank.c[:, index])
+                else:
+                    index = torch.from_numpy(slots)
+                    state = RNNState(bank.h.index_select(1, index),
+                                     None if bank.c is None else bank.c.index_select(1, index))
+                logits, new = self.model.step(torch.from_numpy(tokens), state)
+                bank.h[:, index] = new.h
+                if bank.c is not None:
+                    bank.c[:, index] = new.c
+        finally:
+            mkldnn.enabled = previous
+        return logits.numpy()
+
+
+def make_engine(model: TokenRNN, kind: str = "numpy", slots: int = 16) -> Engine:
+    """An engine of `kind` ("numpy" for live use, "torch" for reference) with `slots` slots."""
+    if kind == "numpy":
+        return NumpyEngine(model, slots)
+    if kind == "torch":
+        return TorchEngine(model, slots)
+    raise ValueError(f"engine kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+class Sampler:
+    """`ensemble.sampling.sample` for one model's logits, with preallocated buffers.
+
+    Same arguments, same result for the same rng state, and the rng advances the same
+    way (tested): the float64 arithmetic is the same numpy kernels in the same order,
+    into reused buffers. Three steps that do no arithmetic, or the same sequential
+    arithmetic, run in torch, where they are 2-4x faster on these machines: the top-k
+    threshold (`topk`'s k-th value is the value np.partition finds), the cumulative
+    sum (torch's CPU cumsum adds sequentially in float64, like numpy's) and the count
+    of cumulative sums <= u (a `searchsorted` on the non-decreasing sums counts the
+    same entries). top-p falls back to `sample` itself.
+    """
+
+    def __init__(self, vocab_size: int, max_batch: int = 16):
+        self.vocab_size = vocab_size
+        self._grow(max_batch)
+
+    def _grow(self, batch: int) -> None:
+        import torch
+
+        self.max_batch = batch
+        self._z = np.empty((batch, self.vocab_size))
+        self._cum = np.empty((batch, self.vocab_size))
+        self._below = np.empty((batch, self.vocab_size), dtype=bool)
+        self._u = np.empty((batch, 1))
+        self._torch = {}  # B -> torch views of the buffers' first B rows
+        for B in range(1, batch + 1):
+            self._torch[B] = (torch.from_numpy(self._z[:B]), torch.from_numpy(self._cum[:B]),
+                              torch.from_numpy(self._u[:B]))
+        self._torch_row = (torch.from_numpy(self._z[0]), torch.from_numpy(self._cum[0]))
+
+    def __call__(self, logits: np.ndarray, settings: SamplingSettings, rng: np.random.Generator,
+                 mask: np.ndarray | None = None):
+        logits = np.asarray(logits)
+        if settings.top_p < 1.0 or logits.ndim not in (1, 2) or logits.shape[-1] != self.vocab_size:
+            return sample(logits, settings, rng, mask)
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+        if logits.ndim == 1:
+            return self._one(logits, settings, rng, mask)
+        if logits.shape[0] == 1 and (mask is None or mask.ndim == 1 or mask.shape[0] == 1):
+            # rng.random() draws what rng.random((1, 1)) would
+            row_mask = None if mask is None else mask.reshape(-1)
+            return np.array([self._one(logits[0], settings, rng, row_mask)], dtype=np.intp)
+        return self._many(logits, settings, rng, mask)
+
+    def _one(self, logits, settings, rng, mask) -> int:
+        import torch
+
+        z, cum, V = self._z[0], self._cum[0], self.vocab_size
+        np.copyto(z, logits)
+        if mask is not None:
+            if mask.ndim != 1:
+                return int(sample(logits, settings, rng, mask))
+            if mask.all():
+                raise ValueError("every token is forbidden by the mask")
+            np.copyto(z, -np.inf, where=mask)
+        if settings.greedy:
+            return int(z.argmax())
+        if settings.temperature != 1.0:  # x / 1.0 == x exactly
+            np.divide(z, settings.temperature, out=z)
+        k = settings.top_k
+        if 0 < k < V:  # the k-th largest value, as np.partition(z, -k)[-k] finds it
+            kth = float(torch.topk(self._torch_row[0], k).values[-1])
+            below = self._below[0]
+            np.less(z, kth, out=below)
+            np.copyto(z, -np.inf, where=below)
+        np.subtract(z, z.max(), out=z)
+        np.exp(z, out=z)
+        np.divide(z, z.sum(), out=z)
+        tz, tcum = self._torch_row
+        torch.cumsum(tz, 0, out=tcum)
+        u = rng.random() * cum[-1]
+        choice = min(int(cum.searchsorted(u, "right")), V - 1)
+        if z[choice] == 0:  # never land on a zero-probability token through rounding
+            choice = int(z.argmax())
+        return choice
+
+    def _many(self, logits, settings, rng, mask) -> np.ndarray:
+        import torch
+
+        B, V = logits.shape
+        if B > self.max_batch:
+            self._grow(B)
+        z, cum = self._z[:B], self._cum[:B]
+        np.copyto(z, logits)
+        if mask is not None:
+            if np.any(np.all(mask, axis=-1)):
+                raise ValueError("every token is forbidden by the mask")
+            np.copyto(z, -np.inf, where=mask)
+        if settings.greedy:
+            return np.argmax(z, axis=1)
+        if settings.temperature != 1.0:
+            np.divide(z, settings.temperature, out=z)
+        k = settings.top_k
+        tz, tcum, tu = self._torch[B]
+        if 0 < k < V:
+            kth = torch.topk(tz, k, dim=1).values[:, -1:].numpy()
+            below = self._below[:B]
+            np.less(z, kth, out=below)
+            np.copyto(z, -np.inf, where=below)
+        np.subtract(z, z.max(axis=1, keepdims=True), out=z)
+        np.exp(z, out=z)
+        np.divide(z, z.sum(axis=1, keepdims=True), out=z)
+        torch.cumsum(tz, 1, out=tcum)
+        np.multiply(rng.random((B, 1)), cum[:, -1:], out=self._u[:B])
+        choice = torch.searchsorted(tcum, tu, right=True).numpy()[:, 0]
+        np.minimum(choice, V - 1, out=choice)
+        for row in np.flatnonzero(z[np.arange(B), choice] == 0):
+            choice[row] = int(np.argmax(z[row]))
+        return choice
+
+
+# ------------------------------------------------------------------- numpy's BLAS threads
+
+_BLAS_SYMBOLS = [  # (get, set) as OpenBLAS builds name them
+    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+    ("openblas_get_num_threads", "openblas_set_num_threads"),
+]
+
+
+def _openblas():
+    """(get, set) functions of the OpenBLAS that numpy loaded, or None."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get, set_ in _BLAS_SYMBOLS:
+            if hasattr(lib, get) and hasattr(lib, set_):
+                return getattr(lib, get), getattr(lib, set_)
+    return None
+
+
+def blas_info() -> dict:
+    """numpy's BLAS: name, version and its thread count where it can be read."""
+    info = {"name": "?", "version": "?", "threads": None}
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info.update(name=blas.get("name", "?"), version=blas.get("version", "?"))
+    except Exception:  # noqa: BLE001 - only descriptive
+        pass
+    try:
+        import threadpoolctl
+
+        for pool in threadpoolctl.threadpool_info():
+            if pool.get("user_api") == "blas":
+                info.update(name=pool.get("internal_api", info["name"]), version=pool.get("version", info["version"]),
+                            threads=pool.get("num_threads"))
+                return info
+    except ImportError:
+        pass
+    funcs = _openblas()
+    if funcs is not None:
+        info["threads"] = int(funcs[0]())
+    return info
+
+
+def set_blas_threads(n: int) -> bool:
+    """Limit numpy's BLAS to n threads (threadpoolctl if installed, else OpenBLAS's own
+    call); False when it cannot be done in this process."""
+    try:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(n, user_api="blas")
+        return True
+    except ImportError:
+        pass
+    funcs = _openblas()
+    if funcs is None:
+        return False
+    funcs[1](int(n))
+    return True

@@ -1,0 +1,331 @@
+"""The live engines against the torch model itself: same logits, slot by slot.
+
+Real tiny TokenRNNs (random weights), every cell and depth, slots stepped in shuffled
+groups of every size so both the one-slot-at-a-time path and the batched path run.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble import engine as engine_module
+from ensemble.engine import NumpyEngine, Sampler, SlotError, TorchEngine, make_engine, padded_width
+from ensemble.model import TokenRNN
+from ensemble.sampling import SamplingSettings, forbidden_mask, sample
+
+TOL = 1e-5
+
+
+def tiny_model(cell="lstm", layers=2, vocab=41, hidden=24, embedding=8, dropout=0.0, seed=0) -> TokenRNN:
+    torch.manual_seed(seed)
+    model = TokenRNN(vocab, cell, layers, hidden, embedding, dropout).eval()
+    with torch.no_grad():  # larger than the default init, so the gates leave their linear range
+        for p in model.parameters():
+            p.mul_(2.0)
+    return model
+
+
+def reference_run(model, n_slots, schedule):
+    """Logits of the torch model stepping the given groups of slots, with RNNState rows."""
+    state = model.initial_state(n_slots)
+    out = []
+    with torch.no_grad():
+        for group, tokens in schedule:
+            idx = torch.as_tensor(group)
+            logits, new = model.step(torch.as_tensor(tokens), state.rows(idx))
+            state.put_rows(idx, new)
+            out.append(logits.numpy())
+    return out, state
+
+
+def random_schedule(n_slots, steps, vocab, seed):
+    """`steps` rounds; each round steps every slot once, in shuffled groups of 1..n_slots."""
+    rng = np.random.default_rng(seed)
+    schedule = []
+    for _ in range(steps):
+        order = rng.permutation(n_slots)
+        cuts = np.sort(rng.choice(np.arange(1, n_slots), size=rng.integers(0, n_slots), replace=False))
+        for group in np.split(order, cuts):
+            schedule.append((group, rng.integers(0, vocab, len(group))))
+    return schedule
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_engine_matches_model_step(cell, layers, kind):
+    n_slots = 6
+    model = tiny_model(cell, layers)
+    schedule = random_schedule(n_slots, 50, model.config.vocab_size, seed=layers)
+    sizes = {len(g) for g, _ in schedule}
+    assert 1 in sizes and max(sizes) > engine_module.GEMV_MAX_BATCH  # both numpy paths run
+    expected, final = reference_run(model, n_slots, schedule)
+
+    eng = make_engine(model, kind, slots=n_slots)
+    assert [eng.alloc_slot() for _ in range(n_slots)] == list(range(n_slots))
+    worst = 0.0
+    for (group, tokens), want in zip(schedule, expected):
+        got = eng.step(group, tokens)
+        assert got.shape == (len(group), model.config.vocab_size) and got.dtype == np.float32
+        worst = max(worst, float(np.abs(got - want).max()))
+    assert worst < TOL, f"{cell} x {layers} {kind}: max |logit difference| {worst}"
+    for slot in range(n_slots):  # and the states themselves
+        state = eng.get_state(slot)
+        np.testing.assert_allclose(state["h"], final.h[:, slot].numpy(), atol=TOL, rtol=0)
+        if cell == "lstm":
+            np.testing.assert_allclose(state["c"], final.c[:, slot].numpy(), atol=TOL, rtol=0)
+        else:
+            assert "c" not in state
+
+
+def test_padded_weights_match():
+    """hidden 256 LSTM: 1024 gate columns and a 1024-token head get padded; same logits."""
+    model = tiny_model("lstm", 1, vocab=1024, hidden=256, embedding=16)
+    assert padded_width(1024) > 1024
+    eng = NumpyEngine(model, slots=5)
+    assert eng.gate_width == padded_width(1024) and eng.head.shape[1] == padded_width(1024)
+    schedule = random_schedule(5, 10, 1024, seed=3)
+    expected, _ = reference_run(model, 5, schedule)
+    for _ in range(5):
+        eng.alloc_slot()
+    for (group, tokens), want in zip(schedule, expected):
+        np.testing.assert_allclose(eng.step(group, tokens), want, atol=TOL, rtol=0)
+    logits = eng.step_one(0, 7)
+    assert logits.shape == (1024,)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_slot_result_does_not_depend_on_batch_mates(cell):
+    model = tiny_model(cell, 2)
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(7)
+    mine = rng.integers(0, vocab, 30)
+    alone = make_engine(model, "numpy", slots=8)
+    crowd = make_engine(model, "numpy", slots=8)
+    a = alone.alloc_slot()
+    slots = [crowd.alloc_slot() for _ in range(8)]
+    target = slots[5]
+    for t in range(30):
+        want = alone.step([a], [mine[t]])[0].copy()
+        others = [s for s in slots if s != target]
+        mates = list(rng.choice(others, size=rng.integers(0, 8), replace=False))
+        group = mates + [target]
+        rng.shuffle(group)
+        tokens = [mine[t] if s == target else rng.integers(0, vocab) for s in group]
+        got = crowd.step(group, tokens)[group.index(target)]
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(crowd.get_state(target)["h"], alone.get_state(a)["h"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_reset_slot_gives_initial_state(kind):
+    model = tiny_model("lstm", 2)
+    eng = make_engine(model, kind, slots=3)
+    s0, s1 = eng.alloc_slot(), eng.alloc_slot()
+    fresh = eng.step([s1], [5])[0].copy()
+    for t in [3, 1, 4, 1, 5]:
+        eng.step([s0, s1], [t, t])
+    assert np.abs(eng.get_state(s0)["h"]).max() > 0.01
+    eng.reset_slot(s0)
+    state = eng.get_state(s0)
+    assert not state["h"].any() and not state["c"].any()
+    np.testing.assert_array_equal(eng.step([s0], [5])[0], fresh)
+    # a freed slot comes back from alloc_slot in its initial state too
+    eng.free_slot(s1)
+    assert eng.alloc_slot() == s1
+    assert not eng.get_state(s1)["h"].any()
+
+
+def test_state_snapshot_roundtrip_across_engines():
+    model = tiny_model("gru", 2)
+    np_eng, torch_eng = NumpyEngine(model, slots=2), TorchEngine(model, slots=2)
+    a = np_eng.alloc_slot()
+    for t in [1, 2, 3, 4]:
+        np_eng.step([a], [t])
+    snap = np_eng.get_state(a)
+    assert snap["h"].dtype == np.float32 and snap["h"].shape == (2, 24)
+    snap["h"][...] += 0  # a copy, not a view of the bank
+    b = torch_eng.alloc_slot()
+    torch_eng.set_state(b, snap)
+    c = np_eng.alloc_slot()
+    np_eng.set_state(c, snap)
+    want = np_eng.step([a], [9])[0].copy()
+    np.testing.assert_allclose(torch_eng.step([b], [9])[0], want, atol=TOL, rtol=0)
+    np.testing.assert_array_equal(np_eng.step([c], [9])[0], want)
+    with pytest.raises(ValueError):
+        np_eng.set_state(c, {"h": np.zeros((3, 24))})
+    with pytest.raises(ValueError):
+        np_eng.set_state(c, {"h": snap["h"], "c": snap["h"]})  # a GRU has no c
+
+
+def test_bank_grows_and_keeps_states():
+    model = tiny_model("lstm", 1)
+    eng = NumpyEngine(model, slots=2)
+    ref = NumpyEngine(model, slots=8)
+    slots = [eng.alloc_slot(), eng.alloc_slot()]
+    refs = [ref.alloc_slot(), ref.alloc_slot()]
+    eng.step(slots, [1, 2])
+    ref.step(refs, [1, 2])
+    slots.append(eng.alloc_slot())  # full: doubles
+    refs.append(ref.alloc_slot())
+    assert eng.capacity == 4 and slots == [0, 1, 2]
+    assert eng.bank.h.shape == (1, 4, 24)
+    for t in range(5):
+        np.testing.assert_array_equal(eng.step(slots, [t, t + 1, t + 2]), ref.step(refs, [t, t + 1, t + 2]))
+
+
+def test_bad_steps_are_refused():
+    model = tiny_model("rnn", 1)
+    eng = NumpyEngine(model, slots=4)
+    a, b = eng.alloc_slot(), eng.alloc_slot()
+    with pytest.raises(SlotError):
+        eng.step([3], [1])  # never allocated
+    with pytest.raises(SlotError):
+        eng.step([a, b, a, b], [1, 2, 3, 4])  # twice in one batch
+    with pytest.raises(ValueError):
+        eng.step([a], [model.config.vocab_size])
+    with pytest.raises(ValueError):
+        eng.step([a], [-1])
+    with pytest.raises(ValueError):
+        eng.step([a, b], [1])
+    eng.free_slot(b)
+    with pytest.raises(SlotError):
+        eng.step_one(b, 1)
+    with pytest.raises(SlotError):
+        eng.free_slot(b)
+    with pytest.raises(ValueError):
+        make_engine(model, "onnx")
+
+
+def test_engines_run_private_eval_copies():
+    model = tiny_model("lstm", 2, dropout=0.5).train()  # dropout would change every step
+    eng = TorchEngine(model, slots=1)
+    ref = NumpyEngine(model, slots=1)
+    assert model.training  # the caller's model is left as it was
+    with torch.no_grad():  # later changes to the model reach neither engine
+        for p in model.parameters():
+            p.zero_()
+    model.eval()
+    fresh = make_engine(tiny_model("lstm", 2, dropout=0.5), "numpy", slots=1)
+    s, r, f = eng.alloc_slot(), ref.alloc_slot(), fresh.alloc_slot()
+    for t in [1, 2, 3]:
+        want = fresh.step([f], [t])
+        np.testing.assert_allclose(eng.step([s], [t]), want, atol=TOL, rtol=0)
+        np.testing.assert_array_equal(ref.step([r], [t]), want)
+        assert np.abs(want).max() > 0.1
+
+
+# ----------------------------------------------------------------------------- sampling
+
+SETTINGS = [
+    SamplingSettings(),
+    SamplingSettings(temperature=0.7),
+    SamplingSettings(temperature=1.3, top_k=5),
+    SamplingSettings(top_k=1),
+    SamplingSettings(greedy=True),
+    SamplingSettings(top_p=0.8),  # falls back to sample itself
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"t{s.temperature}-k{s.top_k}-p{s.top_p}-g{s.greedy}")
+def test_sampler_draws_exactly_what_sample_draws(settings):
+    vocab = 60
+    gen = np.random.default_rng(11)
+    sampler = Sampler(vocab, max_batch=2)
+    mask = forbidden_mask(vocab, [0, 3, 59])
+    cases = [
+        gen.normal(size=vocab).astype(np.float32),
+        (gen.normal(size=(1, vocab)) * 40).astype(np.float32),  # underflowing probabilities
+        np.round(gen.normal(size=(5, vocab)), 1),                # ties, float64, grows the buffers
+        gen.normal(size=(3, vocab)).astype(np.float32),
+    ]
+    for logits in cases:
+        for m in (None, mask, np.broadcast_to(mask, logits.shape)):
+            ra, rb = np.random.default_rng(5), np.random.default_rng(5)
+            for _ in range(40):
+                want = sample(logits, settings, ra, m)
+                got = sampler(logits, settings, rb, m)
+                assert type(got) is type(want)
+                np.testing.assert_array_equal(got, want)
+                if isinstance(want, np.ndarray):
+                    assert got.dtype == want.dtype
+            assert ra.bit_generator.state == rb.bit_generator.state
+    with pytest.raises(ValueError):
+        sampler(cases[0], settings, np.random.default_rng(0), np.ones(vocab, dtype=bool))
+
+
+@pytest.mark.parametrize("shape", [(3660,), (1, 11264), (16, 3660)])
+def test_sampler_identical_on_large_vocabularies(shape):
+    vocab = shape[-1]
+    sampler = Sampler(vocab, max_batch=16)
+    gen = np.random.default_rng(len(shape))
+    for settings in (SamplingSettings(), SamplingSettings(temperature=0.8, top_k=40)):
+        ra, rb = np.random.default_rng(3), np.random.default_rng(3)
+        for _ in range(15):
+            logits = (gen.normal(size=shape) * gen.uniform(0.5, 8)).astype(np.float32)
+            np.testing.assert_array_equal(sampler(logits, settings, rb), sample(logits, settings, ra))
+        assert ra.bit_generator.state == rb.bit_generator.state
+
+
+def test_sampler_on_engine_logits_feeds_back():
+    model = tiny_model("lstm", 2)
+    eng = NumpyEngine(model, slots=4)
+    slots = [eng.alloc_slot() for _ in range(4)]
+    sampler, settings = Sampler(model.config.vocab_size, 4), SamplingSettings(temperature=0.9, top_k=10)
+    ra, rb = np.random.default_rng(1), np.random.default_rng(1)
+    tokens = np.zeros(4, dtype=np.intp)
+    for _ in range(20):
+        logits = eng.step(slots, tokens)
+        want = sample(logits, settings, ra)
+        tokens = sampler(logits, settings, rb)
+        np.testing.assert_array_equal(tokens, want)
+
+
+# -------------------------------------------------------------------------- bench step
+
+
+def _numbers(text: str, engine: str, batch: int) -> list[float]:
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:2] == [engine, str(batch)]:
+            return [float(x) for x in parts[2:]]
+    raise AssertionError(f"no row for {engine} batch {batch} in:\n{text}")
+
+
+def test_bench_step_smoke(capsys):
+    from ensemble.cli import main
+
+    rc = main(["bench", "step", "--iterations", "50", "--warmup", "5", "--batch", "1", "4",
+               "--vocab", "50", "--hidden", "32", "--embedding", "8", "--cell", "gru"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert re.search(r"median", out) and re.search(r"p99", out)
+    assert "gru 2 x 32" in out and "numpy BLAS" in out and "torch:" in out
+    for engine in ("numpy", "torch"):
+        for batch in (1, 4):
+            call_med, call_p99, event_med, event_p99, step_med, sample_med = _numbers(out, engine, batch)
+            assert 0 < call_med <= call_p99 and 0 < event_med <= event_p99
+            assert event_med == pytest.approx(call_med / batch, rel=0.01, abs=0.1)
+            assert step_med > 0 and sample_med > 0
+
+
+def test_bench_step_loads_a_model_folder(tmp_path, capsys):
+    from ensemble import checkpoint
+    from ensemble.cli import main
+    from ensemble.codecs.text import TextCodec
+
+    codec = TextCodec("abcdefgh ")
+    model = tiny_model("rnn", 1, vocab=codec.vocab_size, hidden=16)
+    checkpoint.save(tmp_path / "m", model, codec)
+    rc = main(["bench", "step", "--model", str(tmp_path / "m"), "--engine", "numpy", "--iterations", "50",
+               "--warmup", "0", "--batch", "2", "--threads", "0"])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"vocab {codec.vocab_size}" in out and "rnn 1 x 16" in out
+    assert len(_numbers(out, "numpy", 2)) == 6
+    with pytest.raises(SystemExit):
+        main(["bench", "step", "--engine", "onnx"])
+    assert main(["bench", "step", "--model", str(tmp_path / "missing")]) == 1
