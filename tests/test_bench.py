@@ -1,0 +1,22 @@
+"""The benchmarks run end to end (their numbers are reported, never asserted)."""
+
+from ensemble.bench_serve import bench_serve
+from ensemble.bench_train import bench_train
+from ensemble.cli import main
+
+
+def test_bench_serve_answers_every_event(notes_model):
+    result = bench_serve(str(notes_model), events=100, performers=2, rate=20.0, seconds=1.0)
+    solo, band = result["solo"], result["band"]
+    assert solo["events"] == 100 and solo["lost"] == 0 and solo["answered"] == 100
+    assert band["events"] == 40 and band["answered"] + band["lost"] == 40
+    assert band["unexpected"] == 0
+    assert 0 < solo["median_ms"] <= solo["p99_ms"]
+
+
+def test_bench_train_reports_throughput(capsys):
+    r = bench_train(vocab=50, size="xs", cell="gru", seq_len=16, batch=4, steps=3, warmup=1, device_name="cpu")
+    assert r["tokens_per_s"] > 0 and r["size"] == "1x64 gru"
+    assert main(["bench", "train", "--vocab", "40", "--size", "xs", "--steps", "2", "--warmup", "1",
+                 "--batch", "2", "--seq-len", "8"]) == 0
+    assert "tokens/s" in capsys.readouterr().out
