@@ -62,6 +62,7 @@ SUFFIX_KINDS = {
     ".csv": "csv",
     ".mxl": "score", ".musicxml": "score", ".xml": "score", ".krn": "score",
     ".txt": "text",
+    ".jsonl": "session",
 }
 DEFAULT_QPM = 120.0
 ABC_VELOCITY = 80
@@ -77,7 +78,7 @@ class Source:
 
     label: str
     path: Path
-    kind: str  # abc | midi | csv | score | text
+    kind: str  # abc | midi | csv | score | text | session
 
 
 @dataclass
@@ -161,7 +162,7 @@ def expand_inputs(inputs: Iterable[str], report: Report) -> list[Source]:
         if path.is_dir():
             found = _files_in(path, report)
             if not found:
-                report.skipped.append((name, "folder holds no .abc, .mid, .midi, .csv, .txt or score files"))
+                report.skipped.append((name, "folder holds no .abc, .mid, .midi, .csv, .txt, .jsonl or score files"))
             sources += [Source(str(p), p, _kind(p)) for p in found]
         elif path.is_file():
             sources.append(Source(name, path, _kind(path)))
@@ -231,6 +232,8 @@ def read_source(source: Source, codec_name: str = "", options: Options | None = 
         yield from _read_csv(source)
     elif kind == "score":
         yield Item(source.label, "notes", _read_score(source.path, (options or Options()).qpm))
+    elif kind == "session":
+        yield from _read_session(source)
     else:
         yield Item(source.label, "text", _read_text(source.path))
 
@@ -324,6 +327,48 @@ def score_notes(score, qpm: float = DEFAULT_QPM, note_type=None) -> list:
         raise Skip("score without notes")
     notes.sort(key=lambda n: (n.start, n.pitch))
     return notes
+
+
+def _read_session(source: Source) -> Iterator[Item]:
+    """A server session log: what each performer played (their "in" events), one piece
+    per performer. Notes become Notes (each note-on ended by its note-off, or by the
+    end of the log), touches TouchEvents. A log cut short by a crash is read up to its
+    last complete line."""
+    from ensemble.codecs.midi_notes import Note
+    from ensemble.codecs.touch import TouchEvent
+    from ensemble.server.recorder import read_session
+
+    try:
+        header, events = read_session(source.path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise Skip(f"not a session log ({exc})") from None
+    if header.get("kind") != "session":
+        raise Skip("not a session log (no session header on the first line)")
+    played = [e for e in events if e.get("dir") == "in" and e.get("kind") in ("note", "touch")]
+    if not played:
+        raise Skip("session log without played notes or touches")
+    end = max(float(e["t"]) for e in events)
+    for performer in sorted({e["performer"] for e in played}):
+        mine = [e for e in played if e["performer"] == performer]
+        notes, sounding, touches, previous = [], {}, [], None
+        for e in mine:
+            t = float(e["t"])
+            if e["kind"] == "note":
+                pitch, velocity = (int(v) for v in e["values"])
+                if pitch in sounding:
+                    start, v = sounding.pop(pitch)
+                    notes.append(Note(start, max(t, start + 0.001), pitch, v))
+                if velocity > 0:
+                    sounding[pitch] = (t, velocity)
+            else:
+                x, y = (float(v) for v in e["values"])
+                touches.append(TouchEvent(0.0 if previous is None else t - previous, x, y))
+                previous = t
+        notes += [Note(start, max(end, start + 0.001), pitch, v) for pitch, (start, v) in sounding.items()]
+        if notes:
+            yield Item(f"{source.label}#{performer}", "notes", sorted(notes, key=lambda n: (n.start, n.pitch)))
+        if touches:
+            yield Item(f"{source.label}#{performer}", "touch", touches)
 
 
 def _read_csv(source: Source) -> Iterator[Item]:
@@ -501,18 +546,19 @@ def abc_notes(text: str, options: Options | None = None, report: Report | None =
 CODEC_SOURCES = {
     "abc": ("abc",),
     "text": ("abc", "text", "csv"),
-    "notes": ("abc", "midi", "score"),
-    "performance": ("abc", "midi", "score"),
-    "touch": ("csv",),
+    "notes": ("abc", "midi", "score", "session"),
+    "performance": ("abc", "midi", "score", "session"),
+    "touch": ("csv", "session"),
     "gestures": ("csv",),
 }
-_SOURCE_WHAT = {"abc": "ABC file", "text": "text file", "csv": "CSV log", "midi": "MIDI file", "score": "score"}
+_SOURCE_WHAT = {"abc": "ABC file", "text": "text file", "csv": "CSV log", "midi": "MIDI file", "score": "score",
+                "session": "session log"}
 _CODEC_READS = {
     "abc": "the abc codec reads ABC tunes",
     "text": "the text codec reads text files and ABC tunes",
-    "notes": "the notes codec reads MIDI files, scores and ABC tunes",
-    "performance": "the performance codec reads MIDI files, scores and ABC tunes",
-    "touch": "the touch codec reads touch logs (CSV time,performer,x,y)",
+    "notes": "the notes codec reads MIDI files, scores, ABC tunes and session logs",
+    "performance": "the performance codec reads MIDI files, scores, ABC tunes and session logs",
+    "touch": "the touch codec reads touch logs (CSV time,performer,x,y) and session logs",
     "gestures": "the gestures codec reads gesture logs (CSV time,performer,gesture)",
 }
 

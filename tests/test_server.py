@@ -251,3 +251,28 @@ def test_sigterm_then_restore_continues_exactly(notes_model, tmp_path):
     assert [tuple(r[1:3]) for r in after] == expected[len(before) + 1:]
     assert all(r[0] == "fay" for r in after)
     assert after[0][3] == received[-1][3] + 1  # sequence numbers continue across the restart
+
+
+def test_recordings_become_training_data(notes_model, tmp_path):
+    from ensemble.cli import main
+    from ensemble.data import load_prepared
+
+    cfg = config(notes_model, tmp_path, default_mode="listen")
+    with ServerThread(cfg) as server:
+        peer = OscPeer(server.port)
+        for name in ("gil", "hal"):
+            peer.send("/ensemble/hello", name, "127.0.0.1", peer.port)
+        for pitch in (60, 62, 64, 65, 67):
+            for name in ("gil", "hal"):
+                peer.send("/ensemble/note", name, pitch, 90)
+                peer.send("/ensemble/note", name, pitch, 0)
+        peer.send("/ensemble/status")
+        status = json.loads(peer.recv_until("/ensemble/status")[0])
+        assert [p["events_in"] for p in status["performers"]] == [10, 10]
+    # the log is flushed and closed on shutdown; prepare reads it like any corpus
+    assert main(["prepare", "--codec", "notes", "--input", str(tmp_path / "rec"), "--out", str(tmp_path / "data"),
+                 "--val-fraction", "0.5", "--no-progress"]) == 0
+    corpus = load_prepared(tmp_path / "data")
+    pieces = corpus.train + corpus.val
+    assert sorted(p.source.rsplit("#", 1)[1] for p in pieces) == ["gil", "hal"]
+    assert all(len(p.tokens) == 10 for p in pieces)
