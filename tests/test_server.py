@@ -276,3 +276,50 @@ def test_recordings_become_training_data(notes_model, tmp_path):
     pieces = corpus.train + corpus.val
     assert sorted(p.source.rsplit("#", 1)[1] for p in pieces) == ["gil", "hal"]
     assert all(len(p.tokens) == 10 for p in pieces)
+
+
+def test_auto_mode_plays_on_and_every_way_out_ends_its_notes(notes_model, tmp_path):
+    cfg = config(notes_model, tmp_path, max_note=10.0)
+    with ServerThread(cfg) as server:
+        peer = OscPeer(server.port)
+        peer.send("/ensemble/hello", "ivy", "127.0.0.1", peer.port)
+        sounding = set()
+
+        def hear(count):
+            """Read notes until `count` note-ons were heard; track what sounds."""
+            ons = 0
+            while ons < count:
+                address, args = peer.recv(timeout=10)
+                assert address == "/ensemble/note"
+                if args[2] > 0:
+                    assert args[1] not in sounding
+                    sounding.add(args[1])
+                    ons += 1
+                else:
+                    sounding.discard(args[1])
+
+        def drain_until_status():
+            peer.send("/ensemble/status")
+            while True:
+                address, args = peer.recv(timeout=5)
+                if address == "/ensemble/status":
+                    return json.loads(args[0])
+                assert address == "/ensemble/note"
+                if args[2] > 0:
+                    sounding.add(args[1])
+                else:
+                    sounding.discard(args[1])
+
+        # auto: it plays with nobody playing, from its own output
+        peer.send("/ensemble/mode", "ivy", "auto")
+        hear(4)
+        for way_out in (("/ensemble/panic",), ("/ensemble/mode", "ivy", "listen"), ("/ensemble/reset", "ivy"),
+                        ("/ensemble/goodbye", "ivy")):
+            peer.send(*way_out)
+            status = drain_until_status()
+            assert sounding == set(), way_out  # every note it started has ended
+            if way_out[0] == "/ensemble/goodbye":
+                assert status["performers"] == []
+                break
+            peer.send("/ensemble/mode", "ivy", "auto")  # and it starts again
+            hear(2)
