@@ -323,3 +323,40 @@ def test_auto_mode_plays_on_and_every_way_out_ends_its_notes(notes_model, tmp_pa
                 break
             peer.send("/ensemble/mode", "ivy", "auto")  # and it starts again
             hear(2)
+
+
+def test_gesture_model_plays_the_band_on_its_clock(tmp_path):
+    """A gestures model (Neural iPad Band): one band state, stepped every interval."""
+    from ensemble.codecs.gestures import GesturesCodec
+    from ensemble.data import Piece, write_prepared
+    from ensemble.train import TrainConfig, train
+
+    codec = GesturesCodec(performers=4)
+    rng = np.random.default_rng(0)
+    pieces = []
+    for i in range(12):  # bands that move together: everyone drifts between two gestures
+        states = [tuple(int(g) for g in rng.choice([1 + i % 8, 2 + i % 7], size=4)) for _ in range(40)]
+        pieces.append(Piece(f"band{i}", np.array(codec.encode(states))))
+    write_prepared(tmp_path / "corpus", codec, pieces, val_fraction=0.2)
+    train(TrainConfig(data=str(tmp_path / "corpus"), out=str(tmp_path / "run"), size="xs", steps=30,
+                      seq_len=16, batch=4, eval_every=30, progress=False))
+    cfg = config(tmp_path / "run" / "best", tmp_path, gesture_interval=0.05)
+    with ServerThread(cfg) as server:
+        a, b = OscPeer(server.port), OscPeer(server.port)
+        a.send("/ensemble/hello", "ann", "127.0.0.1", a.port)
+        b.send("/ensemble/hello", "ben", "127.0.0.1", b.port)
+        a.send("/ensemble/gesture", "ann", 3)
+        b.send("/ensemble/gesture", "ben", 6)
+        for peer, name in ((a, "ann"), (b, "ben")):
+            seqs = []
+            while len(seqs) < 3:
+                address, args = peer.recv(timeout=5)
+                assert address == "/ensemble/gesture" and args[0] == name and 0 <= args[1] <= 8
+                seqs.append(args[2])
+            assert seqs == sorted(seqs)
+        a.send("/ensemble/gesture", "ann", 9)
+        assert "out of range" in a.recv_until("/ensemble/error")[1]
+        a.send("/ensemble/note", "ann", 60, 90)
+        assert "takes /ensemble/gesture" in a.recv_until("/ensemble/error")[1]
+        band = server.conductor.band
+        assert band.places == {"ann": 0, "ben": 1} and band.current[:2] == [3, 6]

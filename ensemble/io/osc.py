@@ -90,6 +90,8 @@ class OscOutput:
             args = [performer, int(values[0]), int(values[1]), seq]
         elif kind == "touch":
             args = [performer, float(values[0]), float(values[1]), seq]
+        elif kind == "gesture":
+            args = [performer, int(values[0]), seq]
         else:
             args = [performer, *values, seq]
         self.server.send(self.address, f"/ensemble/{kind}", args)

@@ -84,6 +84,11 @@ class Conductor:
         self.held = HeldNotes(self.loop, self._send)
         self.recorder: Recorder | None = None
         self.reply: Callable[[tuple, str, list], None] = lambda addr, address, args: None
+        self.band = None
+        if self.codec.name == "gestures":
+            from ensemble.server.band import Band
+
+            self.band = Band(self, config.gesture_interval)
         self.started = time.monotonic()
         self.steps = 0
         self.batched_events = 0
@@ -117,6 +122,13 @@ class Conductor:
             logits=np.zeros(self.vocab, dtype=np.float32), last_heard=self.loop.time(), source=source,
         )
         self.performers[performer_id] = p
+        if self.band is not None:
+            try:
+                self.band.join(performer_id)
+            except EventError:
+                self.engine.free_slot(p.slot)
+                del self.performers[performer_id]
+                raise
         log.info("hello %s (slot %d, %s mode, answers to %s)", performer_id, p.slot, p.mode, output.name)
         return p
 
@@ -131,6 +143,8 @@ class Conductor:
         self._silence(p)
         self.engine.free_slot(p.slot)
         del self.performers[performer_id]
+        if self.band is not None:
+            self.band.leave(performer_id)
         self.pending = [e for e in self.pending if e.performer is not p]
         log.info("goodbye %s", performer_id)
 
@@ -202,6 +216,13 @@ class Conductor:
         if kind != self.adapter.kind:
             raise EventError(f"this model ({self.codec.name} codec) takes /ensemble/{self.adapter.kind}, "
                              f"not /ensemble/{kind}")
+        if self.band is not None:  # the band's clock steps the model
+            g = self.band.gesture(p.id, values)
+            p.events_in += 1
+            p.last_heard = self.loop.time()
+            if self.recorder:
+                self.recorder.record("in", p.id, kind, (g,), source)
+            return
         values = self.adapter.check(values)
         now = self.loop.time()
         dt = FIRST_DT if p.stream_time is None else now - p.stream_time
@@ -399,3 +420,5 @@ class Conductor:
         """End every sounding note and stop every machine event (the caller snapshots first)."""
         for p in self.performers.values():
             self._silence(p)
+        if self.band is not None:
+            self.band.close()

@@ -36,6 +36,7 @@ class ServerConfig:
     top_k: int = 0
     threshold: float = 1.5               # respond: seconds of silence before answering
     max_note: float = 2.0                # seconds: no predicted note lasts longer
+    gesture_interval: float = 1.0        # gesture models: seconds between band steps
     idle_timeout: float = 3600.0         # seconds without events before a performer is dropped
     engine: str = "numpy"
     seed: int | None = None              # fixed seed: predictions reproducible per performer

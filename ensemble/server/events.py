@@ -96,7 +96,17 @@ class TouchAdapter:
         return OutEvent("touch", e.dt, (e.x, e.y))
 
 
-ADAPTERS = {"notes": NotesAdapter, "touch": TouchAdapter}
+class GesturesAdapter:
+    """Gesture models step the whole band on a clock (`ensemble.server.band`), not per event."""
+
+    kind = "gesture"
+    duet_forbidden: list = []
+
+    def __init__(self, codec):
+        self.codec = codec
+
+
+ADAPTERS = {"notes": NotesAdapter, "touch": TouchAdapter, "gestures": GesturesAdapter}
 
 
 def adapter_for(codec):
