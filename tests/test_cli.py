@@ -1,5 +1,6 @@
 """The command line as a user meets it: train, generate, clear errors."""
 
+import os
 import subprocess
 
 from conftest import ENSEMBLE, PERIOD
@@ -7,7 +8,8 @@ from ensemble.cli import main
 
 
 def run(*args):
-    return subprocess.run(ENSEMBLE + list(args), capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest and fair to others
+    return subprocess.run(ENSEMBLE + list(args), capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_train_then_generate_with_prime(tmp_path, periodic_text):
