@@ -360,3 +360,29 @@ def test_gesture_model_plays_the_band_on_its_clock(tmp_path):
         assert "takes /ensemble/gesture" in a.recv_until("/ensemble/error")[1]
         band = server.conductor.band
         assert band.places == {"ann": 0, "ben": 1} and band.current[:2] == [3, 6]
+
+
+def test_wider_binding_hears_only_allowed_networks_at_a_bounded_rate(notes_model, tmp_path):
+    """The admission rules, exercised without any traffic: datagrams handed in directly."""
+    import asyncio
+
+    from ensemble.io.osc import OscServer, build
+    from ensemble.server.conductor import Conductor
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        cfg = config(notes_model, tmp_path, record="", default_mode="listen")
+        conductor = Conductor(checkpoint.load(notes_model), cfg, loop)
+        osc = OscServer(conductor, host="0.0.0.0", allow=["192.0.2.0/24"], rate_limit=5)
+        hello = build("/ensemble/hello", ["kim", "192.0.2.7", 9])
+        osc.datagram(hello, ("198.51.100.1", 5000))  # not an allowed network: dropped, unanswered
+        assert "kim" not in conductor.performers and osc.rejected == 1
+        osc.datagram(hello, ("192.0.2.7", 5000))
+        assert "kim" in conductor.performers
+        note = build("/ensemble/note", ["kim", 60, 90])
+        for _ in range(20):  # a burst far above 5 messages/s: most are dropped
+            osc.datagram(note, ("192.0.2.7", 5000))
+        conductor.flush()
+        assert conductor.performers["kim"].events_in <= 5 and osc.rejected >= 15
+
+    asyncio.run(main())
