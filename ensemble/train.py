@@ -347,13 +347,12 @@ def distributed_setup(device_name: str) -> tuple[int, int, torch.device]:
 # ---------------------------------------------------------------------------- the run
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) a training run; returns the final validation metrics."""
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run (or, with `resume`, continue) a training run; returns the final validation metrics."""
     rank, world, device = distributed_setup(cfg.device)
     main_process = rank == 0
     out = Path(cfg.out)
     state_path = out / "train_state.pt"
-    resume = getattr(cfg, "_resume", False)
 
     # -- everything is checked before anything is written
     corpus = load_corpus(cfg)
@@ -613,7 +612,6 @@ def run(args) -> int:
         if args.max_time is not None:
             cfg.max_time = args.max_time
         cfg.out = args.resume
-        cfg._resume = True
     else:
         if not args.data or not args.out:
             raise TrainError("--data and --out are needed (or --resume RUN_DIR)")
@@ -621,6 +619,5 @@ def run(args) -> int:
         values = {k: v for k, v in vars(args).items() if k in names and v is not None}
         cfg = TrainConfig(**values)
         cfg.progress = not args.no_progress
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    train(cfg)
+    train(cfg, resume=bool(args.resume))
     return 0
