@@ -13,8 +13,6 @@ measures music the model has never seen any part of; it is reproducible from the
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 
 from ensemble import codecs
 from ensemble.errors import UserError
+from ensemble.files import atomic_write
 
 FORMAT = "ensemble-corpus"
 VERSION = 1
@@ -113,22 +112,9 @@ def write_prepared(folder, codec, pieces: list[Piece], skipped=(), val_fraction=
         "skipped": [{"source": s, "reason": r} for s, r in skipped],
         "pieces": entries,
     }
-    _atomic_write(folder / TOKENS, lambda f: np.save(f, tokens.astype(np.int32)))
-    _atomic_write(folder / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode() + b"\n"))
+    atomic_write(folder / TOKENS, lambda f: np.save(f, tokens.astype(np.int32)))
+    atomic_write(folder / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode() + b"\n"))
     return manifest
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def is_prepared(folder) -> bool:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ensemble import checkpoint, data
 from ensemble.errors import UserError
+from ensemble.files import atomic_write
 from ensemble.model import CELLS, RNNState, TokenRNN
 
 log = logging.getLogger("ensemble.train")
@@ -440,9 +441,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             "rng_cpu": rngs,
             "rng_cuda": [torch.cuda.get_rng_state()] * world if device.type == "cuda" else None,
         }
-        tmp = state_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, state_path)
+        atomic_write(state_path, lambda f: torch.save(state, f))
         log.debug("saved resumable state at step %d", step)
 
     def meta(metrics: dict) -> dict:

@@ -3,7 +3,7 @@
 import os
 import subprocess
 
-from conftest import ENSEMBLE, PERIOD
+from conftest import ENSEMBLE
 from ensemble.cli import main
 
 

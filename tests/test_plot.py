@@ -2,7 +2,6 @@
 
 import mido
 import numpy as np
-import pytest
 
 from ensemble import checkpoint
 from ensemble.cli import main

@@ -14,7 +14,6 @@ Bound beyond loopback, only the allowed networks are heard, at a bounded rate ea
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import socket

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
 
 from ensemble import checkpoint
 from ensemble.errors import UserError

@@ -10,13 +10,12 @@ prediction is the one they would have had without the restart. Loaded with
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ensemble.errors import UserError
+from ensemble.files import atomic_write
 
 VERSION = 1
 
@@ -35,16 +34,7 @@ def save(path, model_name: str, performers: list[dict], arrays: list[dict[str, n
         for key, value in a.items():
             if value is not None:
                 content[f"{key}_{i}"] = np.asarray(value)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: np.savez(f, **content))
 
 
 def load(path) -> tuple[dict, list[dict[str, np.ndarray]]]:
