@@ -1,0 +1,38 @@
+"""The bundled default model: trained on real music, with a model card, served by `ensemble serve`."""
+
+import json
+import signal
+from pathlib import Path
+
+from ensemble import checkpoint
+from ensemble.server.config import DEFAULT_MODEL
+from oscpeer import OscPeer, start_server_process
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "folk-notes"
+
+
+def test_default_model_is_shipped_with_its_card():
+    assert DEFAULT_MODEL == MODEL
+    ckpt = checkpoint.load(MODEL)
+    assert ckpt.codec.name == "notes"
+    config = json.loads((MODEL / "config.json").read_text())
+    val = config["validation"]["loss_nats"]
+    assert val < 0.6 * config["data"]["unigram_entropy_nats"]  # it learned far more than note frequencies
+    card = (MODEL / "README.md").read_text()
+    assert f"{val:.4f}" in card and "music21" in card and "ensemble train" in card
+
+
+def test_serve_with_no_model_option_serves_the_default_model(tmp_path):
+    proc, port = start_server_process(["--port", "0", "--no-snapshot", "--record", str(tmp_path), "--mode", "duet"])
+    try:
+        peer = OscPeer(port)
+        peer.send("/ensemble/hello", "pat", "127.0.0.1", peer.port)
+        peer.send("/ensemble/note", "pat", 62, 90)
+        address, args = peer.recv(timeout=10)
+        assert address == "/ensemble/note" and args[0] == "pat" and args[2] > 0 and args[3] == 1
+        peer.send("/ensemble/status")
+        status = json.loads(peer.recv_until("/ensemble/status")[0])
+        assert status["model"] == "folk-notes" and status["codec"] == "notes"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
