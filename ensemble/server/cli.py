@@ -26,17 +26,19 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
     loop = asyncio.get_running_loop()
     ckpt = checkpoint.load(cfg.model)
     conductor = Conductor(ckpt, cfg, loop)
+    midi = None
+    if cfg.midi.get("inputs") or cfg.midi.get("outputs") or cfg.midi.get("virtual"):
+        from ensemble.io.midi import MidiLayer
+
+        midi = MidiLayer(conductor, cfg.midi)  # a bad [midi] table fails here, before anything opens
     osc = OscServer(conductor, cfg.host, cfg.port, cfg.reply_port, cfg.allow, cfg.rate_limit)
     try:
         host, port = osc.start()
     except OSError as exc:
         raise UserError(f"cannot listen on udp {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
-    midi = None
-    if cfg.midi.get("inputs") or cfg.midi.get("outputs") or cfg.midi.get("virtual"):
-        from ensemble.io.midi import MidiLayer
-
-        midi = MidiLayer(conductor, cfg.midi)
+    if midi is not None:
         midi.start()
+        conductor.midi = midi
     if cfg.restore and cfg.snapshot:
         restored = conductor.restore(cfg.snapshot, osc.output_from if midi is None else midi.output_or(osc))
         log.info("restored %d performer(s) from %s", restored, cfg.snapshot)
@@ -72,7 +74,7 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
           + (f", recording to {conductor.recorder.path}" if conductor.recorder else ", not recording"),
           flush=True)
     if ready is not None:
-        ready({**info, "conductor": conductor, "osc": osc})
+        ready({**info, "conductor": conductor, "osc": osc, "midi": midi})
     try:
         await stop.wait()
     finally:

@@ -83,6 +83,7 @@ class Conductor:
         self._flush_soon = False
         self.held = HeldNotes(self.loop, self._send)
         self.recorder: Recorder | None = None
+        self.midi = None  # the MIDI layer, when one runs
         self.reply: Callable[[tuple, str, list], None] = lambda addr, address, args: None
         self.band = None
         if self.codec.name == "gestures":
@@ -206,6 +207,7 @@ class Conductor:
             "steps": self.steps, "events_stepped": self.batched_events, "errors": self.errors,
             "recording": str(self.recorder.path) if self.recorder and self.recorder.path else None,
             "performers": [p.status() for p in self.performers.values()],
+            "midi": self.midi.status() if self.midi else None,
         }
 
     # ------------------------------------------------------------------ events in

@@ -1,0 +1,805 @@
+"""MIDI in and out on the conductor's loop: mido ports on python-rtmidi.
+
+MIDI is another way in and out of the same conductor, not another server: every input
+channel of every input port is a performer (by default ``midi:<port>:<channel>``) in
+the same conductor as the OSC performers, so `/ensemble/mode`, `/ensemble/set`,
+`/ensemble/status` ... work on them too.
+
+Threads: rtmidi calls our input callback on its own thread. The callback only stamps
+the message (`time.monotonic`), appends it to an inbox and, if no drain is pending,
+wakes the loop with `loop.call_soon_threadsafe`. The drain runs on the loop: it plays
+every waiting message into the conductor and calls `conductor.flush()` ONCE, so
+performers whose notes arrive together are stepped as one batch. Opening, closing
+and listing ports (tens of ms each with JACK) happen on one worker thread, never on
+the loop; only sending happens on the loop thread (a non-blocking rtmidi call).
+
+Settings: the ``[midi]`` table of ``--config FILE.toml`` (command-line options win)::
+
+    [midi]
+    inputs = ["keys", "pads"]   # input ports, matched by substring (--midi-in, repeatable)
+    outputs = ["synth"]         # output ports, matched by substring (--midi-out, repeatable)
+    virtual = false             # also open virtual ports "ensemble in" / "ensemble out" (--midi-virtual)
+    api = "jack"                # alsa | jack | coremidi | winmm | dummy, or a mido backend
+                                # "mido.backends.rtmidi/UNIX_JACK" (--midi-api; else MIDO_BACKEND;
+                                # else the first API that starts, in rtmidi's order: ALSA, JACK)
+    thru = false                # forward the player's input to their output (--thru)
+    feedback_ms = 20            # an input event repeating (type, note, channel) of something the
+                                # server sent less than this long ago is an echo: ignored, counted
+                                # (each message sent explains one echo); 0: nothing echoes here
+    poll_s = 2.0                # seconds between checks for ports that vanished or came back
+    mode = "respond"            # mode of new MIDI performers (default: the server's --mode)
+
+    [midi.performers]           # optional; channels are 1..16 everywhere
+    "1" = "alice"               # channel 1 of every input port is the performer "alice"
+    "pads:10" = { id = "drums", mode = "duet", output = "synth", channel = 10 }
+
+    [midi.controls]             # optional: CC number -> action on that channel's performer
+    temperature = 21            # CC 0..127 -> temperature 0.1..2.0
+    top_p = 25                  # CC 0..127 -> top_p 0.05..1.0
+    threshold = 26              # CC 0..127 -> respond threshold 0..4 s
+    mode = 22                   # 0-31 listen, 32-63 duet, 64-95 respond, 96-127 auto
+    reset = 23                  # value >= 64: forget this performer's history
+    panic = 24                  # value >= 64: every sounding note of every performer ends
+
+Without a ``[midi.performers]`` entry, channel C of input port P (the name as given in
+``inputs``) is the performer ``midi:P:C``; a value in the table is either the id or a
+table of ``id``, ``mode``, ``output`` (one of ``outputs``) and ``channel`` (1..16).
+Predictions go out on the first output port, on the channel they came in on, unless
+the entry says otherwise. Mapped CCs act and are not forwarded; note-on with velocity
+0 is a note-off. A model whose codec is not ``notes`` cannot take MIDI notes: that is
+logged once and MIDI notes are ignored.
+
+Echoes: a synth or DAW that sends back what it gets would feed the server its own
+notes. An event that repeats (type, note, channel) of a message the server sent within
+``feedback_ms`` is taken for that message's echo. When answers go out on the player's
+own channel (the default), a player striking the very note the model just played
+within that window is taken for the echo too: give answers their own channel
+(``[midi.performers] "1" = { channel = 2 }``) or set ``feedback_ms = 0`` when nothing
+echoes.
+
+Never a hanging note: the conductor's `HeldNotes` ends every predicted note (its
+note-off, the length cap, all-off on mode change, reset, panic and shutdown); `close()`
+also sends All Notes Off (CC 123) on every channel the server played on.
+
+Ports that vanish (a cable pulled) are reported and reopened when they come back; no
+MIDI system at all (ALSA without a device, JACK not running) is one log line and the
+server goes on with OSC only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import mido
+
+from ensemble.errors import UserError
+from ensemble.server.config import MODES
+from ensemble.server.events import EventError
+
+log = logging.getLogger("ensemble.midi")
+
+VIRTUAL_IN, VIRTUAL_OUT = "ensemble in", "ensemble out"
+CLIENT_NAME = "ensemble"
+# --midi-api words -> rtmidi API names as mido spells them
+API_ALIASES = {
+    "alsa": "LINUX_ALSA", "jack": "UNIX_JACK", "coremidi": "MACOSX_CORE", "macos": "MACOSX_CORE",
+    "core": "MACOSX_CORE", "winmm": "WINDOWS_MM", "windows": "WINDOWS_MM", "mm": "WINDOWS_MM",
+    "dummy": "RTMIDI_DUMMY", "web": "WEB_MIDI",
+}
+RTMIDI = "mido.backends.rtmidi"
+KNOWN_KEYS = {"inputs", "outputs", "virtual", "api", "thru", "feedback_ms", "poll_s", "mode",
+              "performers", "controls"}
+CONTROL_ACTIONS = ("temperature", "top_p", "threshold", "mode", "reset", "panic")
+CHANNEL_MESSAGES = {"note_on", "note_off", "control_change", "pitchwheel", "aftertouch",
+                    "polytouch", "program_change"}
+ALL_NOTES_OFF = 123
+
+
+class MidiUnavailable(OSError):
+    """No MIDI system to talk to (no ALSA device, JACK not running, API not compiled in)."""
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one input channel goes: its performer, and where that performer's MIDI goes."""
+
+    performer: str
+    mode: str | None
+    output: str | None   # an output port as named in `outputs`; None: no MIDI output
+    channel: int         # 1..16
+
+
+@dataclass
+class MidiSettings:
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    virtual: bool = False
+    api: str | None = None
+    thru: bool = False
+    feedback_ms: float = 20.0
+    poll_s: float = 2.0
+    mode: str | None = None
+    performers: dict = field(default_factory=dict)
+    controls: dict[int, str] = field(default_factory=dict)  # CC number -> action
+
+    @property
+    def all_inputs(self) -> list[str]:
+        return self.inputs + ([VIRTUAL_IN] if self.virtual else [])
+
+    @property
+    def all_outputs(self) -> list[str]:
+        return self.outputs + ([VIRTUAL_OUT] if self.virtual else [])
+
+
+def _names(value, key: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise UserError(f"[midi] {key} must be a list of port names, got {value!r}")
+    return list(dict.fromkeys(value))
+
+
+def _channel(value, where: str) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+        raise UserError(f"[midi] {where}: a MIDI channel is 1..16, got {value!r}")
+    return value
+
+
+def _mode(value, where: str) -> str | None:
+    if value is not None and value not in MODES:
+        raise UserError(f"[midi] {where}: mode must be one of {', '.join(MODES)}, got {value!r}")
+    return value
+
+
+def parse_settings(table: dict | None) -> MidiSettings:
+    """The [midi] table (merged with the command line by `ensemble serve`), checked."""
+    table = dict(table or {})
+    unknown = sorted(set(table) - KNOWN_KEYS)
+    if unknown:
+        raise UserError(f"[midi]: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
+    s = MidiSettings()
+    s.inputs = _names(table.get("inputs", []), "inputs")
+    s.outputs = _names(table.get("outputs", []), "outputs")
+    for key in ("virtual", "thru"):
+        if not isinstance(table.get(key, False), bool):
+            raise UserError(f"[midi] {key} must be true or false, got {table[key]!r}")
+    s.virtual, s.thru = table.get("virtual", False), table.get("thru", False)
+    api = table.get("api")
+    if api is not None and (not isinstance(api, str) or not api):
+        raise UserError(f"[midi] api must be a name such as 'alsa' or 'jack', got {api!r}")
+    s.api = api
+    for key, low in (("feedback_ms", 0.0), ("poll_s", 0.001)):
+        value = table.get(key, getattr(s, key))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+            raise UserError(f"[midi] {key} must be a number >= {low:g}, got {value!r}")
+        setattr(s, key, float(value))
+    s.mode = _mode(table.get("mode"), "mode")
+
+    controls = table.get("controls", {})
+    if not isinstance(controls, dict):
+        raise UserError(f"[midi.controls] must be a table of action = CC number, got {controls!r}")
+    for action, cc in controls.items():
+        if action not in CONTROL_ACTIONS:
+            raise UserError(f"[midi.controls] unknown action {action!r} (known: {', '.join(CONTROL_ACTIONS)})")
+        if isinstance(cc, bool) or not isinstance(cc, int) or not 0 <= cc <= 127:
+            raise UserError(f"[midi.controls] {action} must be a CC number 0..127, got {cc!r}")
+        if cc in s.controls:
+            raise UserError(f"[midi.controls] CC {cc} is given to both {s.controls[cc]} and {action}")
+        s.controls[cc] = action
+
+    performers = table.get("performers", {})
+    if not isinstance(performers, dict):
+        raise UserError(f"[midi.performers] must be a table, got {performers!r}")
+    for key, value in performers.items():
+        port, _, ch = str(key).rpartition(":")
+        ch = _channel(ch, f"performers {key!r}")
+        if port and port not in s.all_inputs:
+            raise UserError(f"[midi.performers] {key!r}: {port!r} is not one of the inputs "
+                            f"({', '.join(s.all_inputs) or 'none given'})")
+        if isinstance(value, str):
+            value = {"id": value}
+        if not isinstance(value, dict) or not set(value) <= {"id", "mode", "output", "channel"}:
+            raise UserError(f"[midi.performers] {key!r} must be a performer id or a table of "
+                            f"id, mode, output, channel; got {value!r}")
+        if "id" in value and (not isinstance(value["id"], str) or not value["id"]):
+            raise UserError(f"[midi.performers] {key!r}: id must be a non-empty string")
+        _mode(value.get("mode"), f"performers {key!r}")
+        if "channel" in value:
+            _channel(value["channel"], f"performers {key!r}")
+        if "output" in value and value["output"] not in s.all_outputs:
+            raise UserError(f"[midi.performers] {key!r}: output {value['output']!r} is not one of the outputs "
+                            f"({', '.join(s.all_outputs) or 'none given'})")
+        s.performers[(port or None, ch)] = value
+    return s
+
+
+def route_for(settings: MidiSettings, port: str, channel: int) -> Route:
+    """The performer playing on `channel` (1..16) of input `port` (as named in the settings)."""
+    entry = settings.performers.get((port, channel)) or settings.performers.get((None, channel)) or {}
+    outputs = settings.all_outputs
+    return Route(
+        performer=entry.get("id", f"midi:{port}:{channel}"),
+        mode=entry.get("mode", settings.mode),
+        output=entry.get("output", outputs[0] if outputs else None),
+        channel=int(entry.get("channel", channel)),
+    )
+
+
+def control_value(action: str, value: int):
+    """What a CC value 0..127 means for an action."""
+    if action == "temperature":
+        return 0.1 + 1.9 * value / 127
+    if action == "top_p":
+        return 0.05 + 0.95 * value / 127
+    if action == "threshold":
+        return 4.0 * value / 127
+    if action == "mode":
+        return MODES[min(value // 32, len(MODES) - 1)]
+    return value >= 64  # reset, panic: a button
+
+
+# ---------------------------------------------------------------------------- backends
+
+
+def api_name(api: str) -> str:
+    """A --midi-api word (jack, alsa, ...) or an rtmidi API name -> the name mido uses."""
+    return API_ALIASES.get(api.lower(), api.upper())
+
+
+class RtMidiBackend:
+    """mido's rtmidi backend for one API, with port lists read cheaply.
+
+    mido's own `get_input_names` opens and closes a client per call (about 170 ms with
+    JACK); the port lists here are read from two rtmidi objects kept open (~50 us), so
+    they can be polled. Raises `MidiUnavailable` when the API cannot start.
+    """
+
+    def __init__(self, spec: str | None = None):
+        import rtmidi
+
+        if spec and "." in spec:  # a mido backend name, maybe with /API
+            module, _, api = spec.partition("/")
+        elif spec:
+            module, api = RTMIDI, api_name(spec)
+        else:
+            env = mido.Backend()  # honours MIDO_BACKEND
+            module, api = env.name, env.api
+        self.module = module
+        self.backend = mido.Backend(module, api=api or None)
+        if module != RTMIDI:  # another mido backend: its own listing
+            try:
+                self.backend.load()
+                self.backend.get_input_names()
+            except Exception as exc:
+                raise MidiUnavailable(f"{module}: {exc}") from None
+            self.api = module
+            self._scanners = None
+            return
+        compiled = [rtmidi.get_api_name(a) for a in rtmidi.get_compiled_api()]
+        by_name = {n: getattr(rtmidi, f"API_{n}") for n in (a[4:] for a in dir(rtmidi) if a.startswith("API_"))}
+        if api:
+            if api not in by_name:
+                raise MidiUnavailable(f"unknown MIDI API {spec!r} (known: {', '.join(sorted(API_ALIASES))})")
+            if by_name[api] not in rtmidi.get_compiled_api():
+                raise MidiUnavailable(f"this python-rtmidi has no {api} support (it has: {', '.join(compiled)})")
+            candidates = [api]
+        else:  # rtmidi's order (ALSA before JACK on Linux): the first that starts
+            names = {v: n for n, v in by_name.items()}
+            candidates = [names[a] for a in rtmidi.get_compiled_api() if names.get(a) not in (None, "RTMIDI_DUMMY")]
+        errors = []
+        for candidate in candidates:
+            rtapi = by_name[candidate]
+            try:
+                scan_in = rtmidi.MidiIn(rtapi=rtapi, name=f"{CLIENT_NAME}-ports")
+                scan_out = rtmidi.MidiOut(rtapi=rtapi, name=f"{CLIENT_NAME}-ports")
+                scan_in.get_ports()
+                scan_out.get_ports()
+            except (rtmidi.RtMidiError, OSError, RuntimeError) as exc:
+                errors.append(f"{candidate}: {exc}")
+                continue
+            current = scan_in.get_current_api()
+            self.api = next(n for n, v in by_name.items() if v == current and n != "UNSPECIFIED")
+            self.backend = mido.Backend(RTMIDI, api=self.api)
+            self._scanners = (scan_in, scan_out)
+            return
+        raise MidiUnavailable("; ".join(errors))
+
+    def input_names(self) -> list[str]:
+        if self._scanners is None:
+            return self.backend.get_input_names()
+        return list(self._scanners[0].get_ports())
+
+    def output_names(self) -> list[str]:
+        if self._scanners is None:
+            return self.backend.get_output_names()
+        return list(self._scanners[1].get_ports())
+
+    def open_input(self, name: str, callback, virtual: bool = False):
+        if virtual:
+            return self.backend.open_input(name, virtual=True, callback=callback, client_name=CLIENT_NAME)
+        return self.backend.open_input(name, callback=callback)
+
+    def open_output(self, name: str, virtual: bool = False):
+        if virtual:
+            return self.backend.open_output(name, virtual=True, client_name=CLIENT_NAME)
+        return self.backend.open_output(name)
+
+    def close(self) -> None:
+        for scanner in self._scanners or ():
+            scanner.delete()
+        self._scanners = None
+
+
+def match_port(pattern: str, names: list[str], exclude: tuple[str, ...] = ()) -> str | None:
+    """The port a configured name means: the exact name, else the first containing it (any case)."""
+    names = [n for n in names if not any(x in n for x in exclude)]
+    if pattern in names:
+        return pattern
+    low = pattern.lower()
+    return next((n for n in names if low in n.lower()), None)
+
+
+# ---------------------------------------------------------------------------- output
+
+
+class MidiOutput:
+    """A performer's predictions as note-on/note-off on one port and channel (1..16)."""
+
+    def __init__(self, layer: "MidiLayer", port: str | None, channel: int):
+        self.layer = layer
+        self.port = port
+        self.channel = channel
+        self.name = f"midi:{port if port is not None else 'none'}:{channel}"
+
+    def send(self, performer: str, kind: str, values: tuple, seq: int) -> None:
+        if kind != "note":
+            self.layer.unsendable(kind)
+            return
+        pitch, velocity = int(values[0]), int(values[1])
+        ch = self.channel - 1
+        if velocity > 0:
+            msg = mido.Message("note_on", channel=ch, note=pitch, velocity=min(velocity, 127))
+        else:
+            msg = mido.Message("note_off", channel=ch, note=pitch, velocity=0)
+        self.layer.send(self.port, msg)
+
+    def describe(self) -> dict:
+        return {"type": "midi", "port": self.port, "channel": self.channel, "name": self.name}
+
+
+# ---------------------------------------------------------------------------- the layer
+
+
+@dataclass
+class PortSlot:
+    """One configured port: open (port set), waiting for it to appear, or being opened."""
+
+    pattern: str
+    direction: str        # "in" | "out"
+    virtual: bool = False
+    port: object = None   # the open mido port
+    name: str | None = None
+    busy: bool = False    # an open is in flight on the worker thread
+    missing_logged: bool = False
+
+
+class MidiLayer:
+    """MIDI ports feeding and answering the conductor. `backend` is for tests and other systems:
+    an object with input_names(), output_names(), open_input(name, callback, virtual),
+    open_output(name, virtual) (mido ports) and close()."""
+
+    def __init__(self, conductor, midi_config: dict | None = None, backend=None):
+        self.conductor = conductor
+        self.loop: asyncio.AbstractEventLoop = conductor.loop
+        self.settings = parse_settings(midi_config)
+        self.backend = backend
+        self.available = False
+        self.closed = False
+        s = self.settings
+        self.slots = [PortSlot(p, "in") for p in s.inputs] + [PortSlot(p, "out") for p in s.outputs]
+        if s.virtual:
+            self.slots += [PortSlot(VIRTUAL_IN, "in", virtual=True), PortSlot(VIRTUAL_OUT, "out", virtual=True)]
+        self.outputs = {slot.pattern: slot for slot in self.slots if slot.direction == "out"}
+        self.feedback_s = s.feedback_ms / 1000.0
+        self.routes: dict[tuple[str, int], Route] = {}
+        self.midi_outputs: dict[tuple[str | None, int], MidiOutput] = {}
+        # (type, note|control, channel) -> [monotonic time last sent, copies sent within the window]
+        self.recent: dict[tuple, list] = {}
+        self.used: set[tuple[str, int]] = set()   # (output port, mido channel) that played notes
+        self._inbox: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._wake = False
+        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._watchers: list[asyncio.Future] = []
+        self._said: set[str] = set()
+        self.received = self.suppressed = self.forwarded = self.sent = self.dropped = self.errors = 0
+        self.changes: list[tuple[str, str, str]] = []  # ("open"|"lost", port pattern, port name)
+
+    # ------------------------------------------------------------------ ports
+
+    def start(self) -> bool:
+        """Open the ports found now and keep watching for the rest; False if there is no MIDI."""
+        if self.backend is None:
+            try:
+                self.backend = RtMidiBackend(self.settings.api)
+            except MidiUnavailable as exc:
+                log.error("MIDI is not available (%s): serving OSC only", exc)
+                return False
+        self.available = True
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ensemble-midi")
+        api = getattr(self.backend, "api", type(self.backend).__name__)
+        try:
+            ins, outs = self.backend.input_names(), self.backend.output_names()
+        except (OSError, RuntimeError) as exc:
+            log.error("MIDI (%s): cannot list ports (%s): serving OSC only", api, exc)
+            self.available = False
+            return False
+        for slot in self.slots:
+            name = slot.pattern if slot.virtual else self._match(slot, ins if slot.direction == "in" else outs)
+            if name is None:
+                self._missing(slot, ins if slot.direction == "in" else outs)
+                continue
+            try:
+                self._install(slot, name, self._open(slot, name))
+            except (OSError, RuntimeError, ValueError) as exc:
+                log.error("MIDI %s %r: cannot open %r (%s)", slot.direction, slot.pattern, name, exc)
+        opened = [f"{s.direction} {s.pattern!r} = {s.name!r}" for s in self.slots if s.port is not None]
+        log.info("MIDI (%s): %s%s", api, ", ".join(opened) or "no ports open yet",
+                 ", thru" if self.settings.thru else "")
+        self._timer = self.loop.call_later(self.settings.poll_s, self._poll)
+        return True
+
+    def _match(self, slot: PortSlot, names: list[str]) -> str | None:
+        # our own virtual ports are never taken for someone else's
+        own = (VIRTUAL_IN, VIRTUAL_OUT) if self.settings.virtual else ()
+        return match_port(slot.pattern, names, own)
+
+    def _missing(self, slot: PortSlot, names: list[str]) -> None:
+        if not slot.missing_logged:
+            slot.missing_logged = True
+            log.warning("MIDI %s %r: no such port yet (there are: %s); opened when it appears",
+                        slot.direction, slot.pattern, ", ".join(map(repr, names)) or "none")
+
+    def _open(self, slot: PortSlot, name: str):
+        """Open one port (worker thread, or the loop thread in `start`)."""
+        if slot.direction == "in":
+            pattern = slot.pattern
+            return self.backend.open_input(name, lambda msg: self._incoming(pattern, msg), virtual=slot.virtual)
+        return self.backend.open_output(name, virtual=slot.virtual)
+
+    def _open_in_worker(self, slot: PortSlot, name: str):
+        port = self._open(slot, name)
+        with self._lock:
+            if self._closing:  # close() came while we were opening
+                port.close()
+                return None
+        return port
+
+    def _install(self, slot: PortSlot, name: str, port) -> None:
+        reconnect = any(c[0] == "lost" and c[1] == slot.pattern for c in self.changes)
+        found_late = slot.missing_logged
+        slot.port, slot.name, slot.missing_logged = port, name, False
+        self.changes.append(("open", slot.pattern, name))
+        if reconnect:
+            log.warning("MIDI %s %r: %r is back", slot.direction, slot.pattern, name)
+        elif found_late:
+            log.info("MIDI %s %r: %r appeared and is open", slot.direction, slot.pattern, name)
+        if slot.direction == "out" and reconnect:  # notes may have lost their offs while it was away
+            self._all_notes_off(slot)
+        self._notify()
+
+    def _poll(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        future = self.loop.run_in_executor(self._worker, self._scan)
+        future.add_done_callback(self._scanned)
+
+    def _scan(self):
+        return self.backend.input_names(), self.backend.output_names()
+
+    def _scanned(self, future: asyncio.Future) -> None:
+        if self.closed or future.cancelled():
+            return
+        self._timer = self.loop.call_later(self.settings.poll_s, self._poll)
+        try:
+            ins, outs = future.result()
+        except Exception as exc:  # the MIDI system went away: keep trying
+            self._say_once("scan", "MIDI: cannot list ports (%s); retrying every %.0f s", exc, self.settings.poll_s)
+            ins, outs = [], []
+        else:
+            self._said.discard("scan")
+        for slot in self.slots:
+            if slot.virtual or slot.busy:
+                continue
+            names = ins if slot.direction == "in" else outs
+            if slot.port is not None and slot.name not in names:
+                self._lost(slot)
+            if slot.port is None:
+                name = self._match(slot, names)
+                if name is None:
+                    self._missing(slot, names)
+                    continue
+                slot.busy = True
+                future = self.loop.run_in_executor(self._worker, self._open_in_worker, slot, name)
+                future.add_done_callback(lambda f, slot=slot, name=name: self._opened(slot, name, f))
+
+    def _opened(self, slot: PortSlot, name: str, future: asyncio.Future) -> None:
+        slot.busy = False
+        if future.cancelled():  # close() came first
+            return
+        try:
+            port = future.result()
+        except Exception as exc:
+            self._say_once(f"open {slot.pattern}", "MIDI %s %r: cannot open %r (%s)", slot.direction, slot.pattern,
+                           name, exc)
+            return
+        if port is None:
+            return
+        if self.closed:
+            port.close()
+            return
+        self._said.discard(f"open {slot.pattern}")
+        self._install(slot, name, port)
+
+    def _lost(self, slot: PortSlot) -> None:
+        port, name = slot.port, slot.name
+        slot.port, slot.name, slot.missing_logged = None, None, True
+        self.changes.append(("lost", slot.pattern, name))
+        log.warning("MIDI %s %r: %r is gone; waiting for it to come back", slot.direction, slot.pattern, name)
+        self._worker.submit(self._close_port, port)
+        self._notify()
+
+    @staticmethod
+    def _close_port(port) -> None:
+        try:
+            port.close()
+        except Exception as exc:  # closing a port whose device vanished: nothing more to do
+            log.debug("MIDI: closing %r: %s", port, exc)
+
+    def changed(self) -> asyncio.Future:
+        """A future resolved at the next port change (opened, lost): for tests and tools."""
+        future = self.loop.create_future()
+        self._watchers.append(future)
+        return future
+
+    def _notify(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for future in watchers:
+            if not future.done():
+                future.set_result(None)
+
+    def _say_once(self, key: str, message: str, *args) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.error(message, *args)
+
+    # ------------------------------------------------------------------ in
+
+    def _incoming(self, pattern: str, msg) -> None:
+        """rtmidi's thread: stamp, queue, wake the loop (once per batch)."""
+        if msg.type not in CHANNEL_MESSAGES:  # clock (24 a beat), sysex, ...: never wake the loop for them
+            return
+        stamped = (time.monotonic(), pattern, msg)
+        with self._lock:
+            self._inbox.append(stamped)
+            if self._wake or self._closing:
+                return
+            self._wake = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: we are shutting down
+            pass
+
+    def _drain(self) -> None:
+        with self._lock:
+            items = list(self._inbox)
+            self._inbox.clear()
+            self._wake = False
+        if self.closed or not items:
+            return
+        for t, pattern, msg in items:
+            try:
+                self.message(pattern, msg, t)
+            except (EventError, ValueError) as exc:  # ControlError is a ValueError
+                self.errors += 1
+                self.conductor.errors += 1
+                log.warning("MIDI %s from %r: %s", msg, pattern, exc)
+            except Exception:  # a bug must cost one message, never the server
+                log.exception("MIDI: internal error on %s from %r", msg, pattern)
+        self.conductor.flush()
+
+    def message(self, pattern: str, msg, t: float | None = None) -> None:
+        """One message from input `pattern` (on the loop); the caller flushes the conductor."""
+        if msg.type not in CHANNEL_MESSAGES:
+            return  # clock, sysex, ...: not ours
+        self.received += 1
+        key = self._key(msg)
+        if key is not None and self._echo(key, t if t is not None else time.monotonic()):
+            self.suppressed += 1
+            return
+        route = self._route(pattern, msg.channel + 1)
+        source = f"midi:{pattern}"
+        if msg.type in ("note_on", "note_off"):
+            if self.conductor.adapter.kind != "note":
+                self._say_once("codec", "MIDI: this model (%s codec) does not take notes; MIDI input is ignored",
+                               self.conductor.codec.name)
+                self.errors += 1
+                return
+            velocity = msg.velocity if msg.type == "note_on" else 0
+            self._performer(route, source)
+            self.conductor.play(route.performer, "note", (msg.note, velocity), source)
+        elif msg.type == "control_change" and msg.control in self.settings.controls:
+            self._control(self.settings.controls[msg.control], msg.value, route, source)
+            return
+        if self.settings.thru and self.send(route.output, msg.copy(channel=route.channel - 1)):
+            self.forwarded += 1
+
+    def _echo(self, key: tuple, t: float) -> bool:
+        """Is this input the echo of something sent less than feedback_ms ago? Each copy sent
+        explains one echo: a player repeating it after the echo came back is heard."""
+        sent = self.recent.get(key)
+        if sent is None or not 0.0 <= t - sent[0] <= self.feedback_s:
+            return False
+        sent[1] -= 1
+        if sent[1] <= 0:
+            del self.recent[key]
+        return True
+
+    def _route(self, pattern: str, channel: int) -> Route:
+        route = self.routes.get((pattern, channel))
+        if route is None:
+            route = self.routes[(pattern, channel)] = route_for(self.settings, pattern, channel)
+        return route
+
+    def output(self, port: str | None, channel: int) -> MidiOutput:
+        out = self.midi_outputs.get((port, channel))
+        if out is None:
+            out = self.midi_outputs[(port, channel)] = MidiOutput(self, port, channel)
+        return out
+
+    def _performer(self, route: Route, source: str):
+        """The route's performer, said hello to if the conductor does not know them (yet, or any more)."""
+        p = self.conductor.performers.get(route.performer)
+        if p is None:
+            p = self.conductor.hello(route.performer, self.output(route.output, route.channel), source,
+                                     mode=route.mode)
+            if self.conductor.recorder:
+                self.conductor.recorder.record("in", route.performer, "hello", [p.output.name], source)
+        return p
+
+    def _control(self, action: str, value: int, route: Route, source: str) -> None:
+        meaning = control_value(action, value)
+        control = self.conductor.control
+        if action == "panic":
+            if meaning:
+                control("/ensemble/panic", [], None, source)
+            return
+        if action == "reset" and not meaning:
+            return
+        if self.conductor.adapter.kind != "note":
+            return
+        self._performer(route, source)
+        if action == "reset":
+            control("/ensemble/reset", [route.performer], None, source)
+        elif action == "mode":
+            if self.conductor.performers[route.performer].mode != meaning:
+                control("/ensemble/mode", [route.performer, meaning], None, source)
+        else:
+            control("/ensemble/set", [route.performer, action, float(meaning)], None, source)
+
+    # ------------------------------------------------------------------ out
+
+    @staticmethod
+    def _key(msg) -> tuple | None:
+        if msg.type == "note_on":
+            return ("note_on" if msg.velocity else "note_off", msg.note, msg.channel)
+        if msg.type == "note_off":
+            return ("note_off", msg.note, msg.channel)
+        if msg.type == "control_change":
+            return ("control_change", msg.control, msg.channel)
+        return None
+
+    def send(self, port: str | None, msg) -> bool:
+        """Put one message on an output port (loop thread); False if it could not go out."""
+        slot = self.outputs.get(port)
+        if slot is None or slot.port is None:
+            if port is not None:
+                self.dropped += 1
+            return False
+        key = self._key(msg)
+        if key is not None:  # noted before sending: an echo may come back at once
+            now = time.monotonic()
+            sent = self.recent.get(key)
+            if sent is not None and now - sent[0] <= self.feedback_s:
+                sent[0], sent[1] = now, sent[1] + 1
+            else:
+                self.recent[key] = [now, 1]
+        try:
+            slot.port.send(msg)
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.dropped += 1
+            self._say_once(f"send {port}", "MIDI out %r: cannot send (%s)", port, exc)
+            return False
+        self.sent += 1
+        if msg.type == "note_on":
+            self.used.add((port, msg.channel))
+        return True
+
+    def unsendable(self, kind: str) -> None:
+        self.dropped += 1
+        self._say_once(f"kind {kind}", "MIDI out: %s events have no MIDI form; they are dropped", kind)
+
+    def _all_notes_off(self, slot: PortSlot) -> int:
+        count = 0
+        for port, channel in sorted(self.used):
+            if port == slot.pattern and self.send(port, mido.Message("control_change", channel=channel,
+                                                                     control=ALL_NOTES_OFF, value=0)):
+                count += 1
+        return count
+
+    def output_or(self, osc) -> Callable[[dict], object]:
+        """For --restore: MIDI outputs from their descriptions, anything else from `osc`."""
+        def make(description: dict):
+            if description.get("type") != "midi":
+                return osc.output_from(description)
+            port = description.get("port")
+            if port is not None and port not in self.outputs:
+                raise ValueError(f"MIDI output {port!r} is not open now (outputs: {', '.join(self.outputs) or 'none'})")
+            try:
+                channel = _channel(description.get("channel"), "restored output")
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+            return self.output(port, channel)
+        return make
+
+    # ------------------------------------------------------------------ status, close
+
+    def status(self) -> dict:
+        return {
+            "api": getattr(self.backend, "api", None) if self.available else None,
+            "ports": [{"direction": s.direction, "pattern": s.pattern, "name": s.name, "open": s.port is not None}
+                      for s in self.slots],
+            "received": self.received, "suppressed": self.suppressed, "forwarded": self.forwarded,
+            "sent": self.sent, "dropped": self.dropped, "errors": self.errors,
+        }
+
+    def close(self) -> None:
+        """All Notes Off on every channel played on, then every port closed (call after conductor.shutdown)."""
+        if self.closed:
+            return
+        offs = sum(self._all_notes_off(slot) for slot in self.outputs.values() if slot.port is not None)
+        self.closed = True
+        with self._lock:
+            self._closing = True
+            self._inbox.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._worker is not None:  # an open in flight closes its port itself (`_closing`)
+            self._worker.shutdown(wait=False, cancel_futures=True)
+        for slot in self.slots:
+            if slot.port is not None:
+                self._close_port(slot.port)
+                slot.port = None
+        if self.backend is not None and hasattr(self.backend, "close"):
+            self.backend.close()
+        self._notify()
+        if self.available:
+            log.info("MIDI closed: %d in, %d echoes suppressed, %d forwarded, %d sent, %d dropped, "
+                     "all notes off on %d channel(s)", self.received, self.suppressed, self.forwarded,
+                     self.sent, self.dropped, offs)
