@@ -59,7 +59,10 @@ def start_token(codec, rng: np.random.Generator, mask) -> int:
 @torch.inference_mode()
 def generate(ckpt: checkpoint.Checkpoint, prime: list[int], length: int, settings: SamplingSettings,
              seed: int | None = None, on_token=None) -> list[int]:
-    """Feed `prime`, then sample `length` tokens. Returns the new tokens (not the prime)."""
+    """Feed `prime`, then sample up to `length` tokens. Returns the new tokens (not the prime).
+
+    Codecs with a `stop_token` (abc: the end of a tune) stop there: training never showed
+    the model what follows it."""
     model, codec = ckpt.model, ckpt.codec
     rng = np.random.default_rng(seed)
     mask = forbidden_mask(codec.vocab_size, getattr(codec, "forbidden", None))
@@ -67,12 +70,15 @@ def generate(ckpt: checkpoint.Checkpoint, prime: list[int], length: int, setting
         prime = [start_token(codec, rng, mask)]
     logits, state = model(torch.tensor([prime]), None)
     logits = logits[0, -1]
+    stop = getattr(codec, "stop_token", None)
     out = []
     for _ in range(length):
         token = sample(logits.numpy(), settings, rng, mask)
         out.append(token)
         if on_token is not None:
             on_token(token)
+        if token == stop:
+            break
         logits, state = model.step(torch.tensor([token]), state)
         logits = logits[0]
     return out

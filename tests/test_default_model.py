@@ -36,3 +36,20 @@ def test_serve_with_no_model_option_serves_the_default_model(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+def test_folk_abc_model_writes_one_tune_that_parses():
+    import music21
+
+    from ensemble.generate import generate
+    from ensemble.sampling import SamplingSettings
+
+    ckpt = checkpoint.load(MODEL.parent / "folk-abc")
+    config = json.loads((MODEL.parent / "folk-abc" / "config.json").read_text())
+    assert config["validation"]["loss_nats"] < 0.5 * config["data"]["unigram_entropy_nats"]
+    tokens = generate(ckpt, [], 2000, SamplingSettings(temperature=0.8), seed=6)
+    assert tokens[-1] == ckpt.codec.stop_token and tokens.count(ckpt.codec.stop_token) == 1
+    text = ckpt.codec.decode([ckpt.codec.start_token] + tokens)
+    assert text.count("X:") == 1
+    score = music21.converter.parse(text, format="abc")
+    assert len(score.flatten().notes) >= 8

@@ -568,6 +568,11 @@ class AbcCodec:
         """Generation without a prime begins a new tune."""
         return self.token(BOS)
 
+    @property
+    def stop_token(self) -> int:
+        """Generation ends with the tune (the model never learned what follows a tune's end)."""
+        return self.token(EOS)
+
     def token(self, text: str) -> int:
         """A token string ('K:Gmaj', '^c', '|:') -> its id."""
         try:
