@@ -60,3 +60,16 @@ def test_greedy_only_when_asked_and_bad_settings():
         SamplingSettings(top_p=0)
     with pytest.raises(ValueError, match="forbidden"):
         sample(logits, SamplingSettings(), np.random.default_rng(), np.ones(3, dtype=bool))
+
+
+def test_top_p_draws_follow_the_renormalised_nucleus():
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    rng = np.random.default_rng(12)
+    draws = sample(np.tile(np.log(probs), (20000, 1)), SamplingSettings(top_p=0.9), rng)
+    freq = np.bincount(draws, minlength=4) / len(draws)
+    assert freq[3] == 0
+    assert np.allclose(freq[:3], probs[:3] / probs[:3].sum(), atol=0.015)
+    # a large vocabulary whose nucleus needs more than the partitioned candidates
+    flat = np.zeros(3000)
+    wide = {sample(flat, SamplingSettings(top_p=0.5), rng) for _ in range(3000)}
+    assert len(wide) > 1000
