@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 
@@ -22,7 +23,12 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
     from ensemble.server.conductor import Conductor
     from ensemble.server.recorder import Recorder
 
+    from ensemble.engine import set_blas_threads
+
+    # one thread each: a live step is far too small to split, and idle BLAS threads
+    # spinning on the other core would steal it from the OS, the network and the peers
     torch.set_num_threads(1)
+    set_blas_threads(1)
     loop = asyncio.get_running_loop()
     ckpt = checkpoint.load(cfg.model)
     conductor = Conductor(ckpt, cfg, loop)
@@ -65,6 +71,10 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
         timer[0] = loop.call_later(cfg.snapshot_every, periodic)
 
     timer = [loop.call_later(cfg.snapshot_every, periodic)]
+    # everything loaded so far (model, torch, codecs) lives for the whole gig: keep it out
+    # of the garbage collector's scans, which would otherwise pause the loop now and then
+    gc.collect()
+    gc.freeze()
     info = {"host": host, "port": port, "model": ckpt.name, "codec": ckpt.codec.name,
             "recording": str(conductor.recorder.path) if conductor.recorder else None}
     m = ckpt.model.config
