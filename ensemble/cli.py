@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ensemble",
         description="A real-time neural music server for live ensembles, and the trainer for its models.",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="how much to log on stderr (default: info)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="how much to log on stderr (default: info, or the server config's log_level)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="ensemble: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=(args.log_level or "info").upper(), format="ensemble: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, PermissionError) as exc:

@@ -386,3 +386,23 @@ def test_wider_binding_hears_only_allowed_networks_at_a_bounded_rate(notes_model
         assert conductor.performers["kim"].events_in <= 5 and osc.rejected >= 15
 
     asyncio.run(main())
+
+
+def test_toml_config_and_command_line(tmp_path):
+    from ensemble.errors import UserError
+    from ensemble.server.config import load_toml, make_config
+
+    path = tmp_path / "stage.toml"
+    path.write_text('[server]\nport = 6000\nreply_port = 6001\ndefault_mode = "duet"\nallow = ["10.0.0.0/8"]\n'
+                    '[midi]\ninputs = ["keys"]\n')
+    cfg = make_config(load_toml(path), {"port": 7000, "temperature": None})
+    assert (cfg.port, cfg.reply_port, cfg.default_mode, cfg.allow) == (7000, 6001, "duet", ["10.0.0.0/8"])
+    assert cfg.midi == {"inputs": ["keys"]}
+    path.write_text("prot = 6000\n")
+    with pytest.raises(UserError, match="unknown keys prot"):
+        load_toml(path)
+    path.write_text("port = [\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_toml(path)
+    with pytest.raises(UserError, match="default_mode"):
+        make_config({}, {"default_mode": "karaoke"})

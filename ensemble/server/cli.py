@@ -160,6 +160,7 @@ def run(args) -> int:
     cli["midi"] = midi
     cli["log_level"] = args.log_level
     cfg = make_config(file_values, cli)
+    logging.getLogger().setLevel(cfg.log_level.upper())
     if not cfg.loopback_only and cfg.allow == ServerConfig().allow:
         log.warning("listening on %s: only loopback senders are allowed until you give --allow NETWORK", cfg.host)
     try:

@@ -53,6 +53,8 @@ class ServerConfig:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise UserError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if self.threshold < 0 or self.max_note <= 0 or self.snapshot_every <= 0:
             raise UserError("threshold must be >= 0, max_note and snapshot_every > 0")
         try:
