@@ -168,3 +168,24 @@ def test_bad_inputs_fail_cleanly_and_overwrite_nothing(tmp_path, text_run, perio
 def test_unigram_entropy():
     pieces = [Piece("a", np.array([0, 1, 0, 1]))]
     assert math.isclose(unigram_entropy(pieces), math.log(2))
+
+
+def test_fine_tuning_with_frozen_recurrent_layers(tmp_path, text_run, periodic_text):
+    base = checkpoint.load(text_run)
+    out = tmp_path / "tuned"
+    train(TrainConfig(data=str(periodic_text), out=str(out), codec="text", init_from=str(text_run / "best"),
+                      freeze_rnn=True, steps=20, seq_len=16, batch=4, eval_every=20, lr=1e-2, progress=False))
+    tuned = _weights(out / "last")
+    before = base.model.state_dict()
+    for key, value in tuned.items():
+        if key.startswith(("rnn.", "embed.")):
+            assert torch.equal(value, before[key]), key  # frozen
+    assert not torch.equal(tuned["head.weight"], before["head.weight"])  # the output layer learned
+
+
+def test_early_stopping_when_validation_stops_improving(tmp_path, periodic_text):
+    # a learning rate of ~0 cannot improve on the first validation: patience 2 stops at step 30
+    result = train(TrainConfig(data=str(periodic_text), out=str(tmp_path / "run"), codec="text", size="xs",
+                               steps=1000, seq_len=16, batch=4, eval_every=10, lr=1e-12, min_lr=1e-12,
+                               patience=2, progress=False))
+    assert result["step"] == 30
