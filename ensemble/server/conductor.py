@@ -43,7 +43,7 @@ log = logging.getLogger("ensemble.server")
 
 FIRST_DT = 4.0  # a performer's first event: "after a long pause"
 
-# parameter -> (type, check, where it lives)
+# /ensemble/set parameters and the values each accepts
 PARAMETERS = {
     "temperature": lambda v: v > 0,
     "top_p": lambda v: 0 < v <= 1,
