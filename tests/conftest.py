@@ -72,3 +72,29 @@ def notes_model(tmp_path_factory) -> Path:
                       batch=8, eval_every=80, save_every=80, progress=False)
     train(cfg)
     return root / "run" / "best"
+
+
+@pytest.fixture(scope="session")
+def touch_model(tmp_path_factory) -> Path:
+    """A small touch-codec LSTM trained for real on iPad-like strokes (a second or two)."""
+    import numpy as np
+
+    from ensemble.codecs.touch import TouchCodec, TouchEvent
+    from ensemble.data import Piece, write_prepared
+    from ensemble.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("touch")
+    codec = TouchCodec()
+    rng = np.random.default_rng(1)
+    pieces = []
+    for i in range(12):  # strokes: points 20 ms apart along a line, then a pause
+        events = []
+        for stroke in range(6):
+            x0, y0 = rng.random(2)
+            events += [TouchEvent(0.8 if k == 0 else 0.02, float(np.clip(x0 + 0.03 * k, 0, 1)), float(y0))
+                       for k in range(8)]
+        pieces.append(Piece(f"touches{i}", np.array(codec.encode(events))))
+    write_prepared(root / "corpus", codec, pieces, val_fraction=0.2)
+    train(TrainConfig(data=str(root / "corpus"), out=str(root / "run"), size="xs", steps=30, seq_len=16,
+                      batch=4, eval_every=30, progress=False))
+    return root / "run" / "best"

@@ -408,26 +408,9 @@ def test_toml_config_and_command_line(tmp_path):
         make_config({}, {"default_mode": "karaoke"})
 
 
-def test_touch_model_answers_touches(tmp_path):
+def test_touch_model_answers_touches(touch_model, tmp_path):
     """An iPad-style touch model: /ensemble/touch in, a predicted touch out."""
-    from ensemble.codecs.touch import TouchCodec, TouchEvent
-    from ensemble.data import Piece, write_prepared
-    from ensemble.train import TrainConfig, train
-
-    codec = TouchCodec()
-    rng = np.random.default_rng(1)
-    pieces = []
-    for i in range(12):  # strokes: points 20 ms apart along a line, then a pause
-        events = []
-        for stroke in range(6):
-            x0, y0 = rng.random(2)
-            events += [TouchEvent(0.8 if k == 0 else 0.02, float(np.clip(x0 + 0.03 * k, 0, 1)), float(y0))
-                       for k in range(8)]
-        pieces.append(Piece(f"touches{i}", np.array(codec.encode(events))))
-    write_prepared(tmp_path / "corpus", codec, pieces, val_fraction=0.2)
-    train(TrainConfig(data=str(tmp_path / "corpus"), out=str(tmp_path / "run"), size="xs", steps=30,
-                      seq_len=16, batch=4, eval_every=30, progress=False))
-    cfg = config(tmp_path / "run" / "best", tmp_path, default_mode="duet")
+    cfg = config(touch_model, tmp_path, default_mode="duet")
     with ServerThread(cfg) as server:
         peer = OscPeer(server.port)
         peer.send("/ensemble/hello", "ipad1", "127.0.0.1", peer.port)
