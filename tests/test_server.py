@@ -421,3 +421,23 @@ def test_touch_model_answers_touches(touch_model, tmp_path):
             assert 0 <= args[1] <= 1 and 0 <= args[2] <= 1
         peer.send("/ensemble/touch", "ipad1", 1.5, 0.5)
         assert "out of range" in peer.recv_until("/ensemble/error")[1]
+
+
+def test_periodic_snapshots_are_written_off_the_loop(notes_model, tmp_path):
+    from ensemble.server import snapshot
+
+    cfg = config(notes_model, tmp_path, default_mode="listen", snapshot_every=0.05)
+    with ServerThread(cfg) as server:
+        peer = OscPeer(server.port)
+        peer.send("/ensemble/hello", "liz", "127.0.0.1", peer.port)
+        peer.send("/ensemble/note", "liz", 60, 90)
+        for _ in range(500):  # each status round trip lets the loop run its timers
+            peer.send("/ensemble/status")
+            peer.recv_until("/ensemble/status")
+            if (tmp_path / "snap.npz").exists():
+                meta, arrays = snapshot.load(tmp_path / "snap.npz")
+                if meta["performers"] and meta["performers"][0]["has_logits"]:
+                    break
+        else:
+            raise AssertionError("no periodic snapshot with liz's state")
+    assert meta["performers"][0]["id"] == "liz" and arrays[0]["h"].shape == (1, 64)

@@ -21,6 +21,7 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
 
     from ensemble.io.osc import OscServer
     from ensemble.server.conductor import Conductor
+    from ensemble.server import snapshot
     from ensemble.server.recorder import Recorder
 
     from ensemble.engine import set_blas_threads
@@ -61,13 +62,21 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), Windows
             pass
 
+    writing: list = [None]  # the snapshot write in flight, if any
+
+    def snapshot_written(future) -> None:
+        writing[0] = None
+        if future.exception() is not None:
+            log.error("snapshot %s: %s", cfg.snapshot, future.exception())
+
     def periodic():
         conductor.expire_idle()
-        if cfg.snapshot:
-            try:
-                conductor.save_snapshot(cfg.snapshot)
-            except OSError as exc:
-                log.error("snapshot %s: %s", cfg.snapshot, exc)
+        if cfg.snapshot and writing[0] is None:
+            # the states are copied here, on the loop; the file (fsync included) is
+            # written on a worker thread, so a slow disk never delays an answer
+            performers, arrays = conductor.snapshot_data()
+            writing[0] = loop.run_in_executor(None, snapshot.save, cfg.snapshot, ckpt.name, performers, arrays)
+            writing[0].add_done_callback(snapshot_written)
         timer[0] = loop.call_later(cfg.snapshot_every, periodic)
 
     timer = [loop.call_later(cfg.snapshot_every, periodic)]
@@ -89,6 +98,8 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
         await stop.wait()
     finally:
         timer[0].cancel()
+        if writing[0] is not None:
+            await asyncio.wait([writing[0]])  # the last periodic write, before the final one
         conductor.shutdown()  # every sounding note gets its note-off
         if midi is not None:
             midi.close()
