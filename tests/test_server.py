@@ -441,3 +441,43 @@ def test_periodic_snapshots_are_written_off_the_loop(notes_model, tmp_path):
         else:
             raise AssertionError("no periodic snapshot with liz's state")
     assert meta["performers"][0]["id"] == "liz" and arrays[0]["h"].shape == (1, 64)
+
+
+def test_performers_with_news_are_stepped_in_one_batch(notes_model, tmp_path):
+    """Events that arrive together cost one engine call; one performer's two events, two."""
+    import asyncio
+
+    from ensemble.server.conductor import Conductor
+
+    class Silent:
+        name = "silent"
+
+        def send(self, *args):
+            pass
+
+    async def main():
+        cfg = config(notes_model, tmp_path, record="", default_mode="listen")
+        conductor = Conductor(checkpoint.load(notes_model), cfg, asyncio.get_running_loop())
+        for i in range(4):
+            conductor.hello(f"p{i}", Silent())
+        alone = {}
+        for i in range(4):  # the reference: each performer stepped alone
+            conductor.play(f"p{i}", "note", (60 + i, 90))
+            conductor.flush()
+            alone[i] = conductor.performers[f"p{i}"].logits.copy()
+        for i in range(4):
+            conductor.reset(f"p{i}")
+        steps = conductor.steps
+        for i in range(4):
+            conductor.play(f"p{i}", "note", (60 + i, 90))
+        conductor.flush()
+        assert conductor.steps == steps + 1  # one batched step for four performers
+        for i in range(4):
+            assert np.allclose(conductor.performers[f"p{i}"].logits, alone[i], atol=1e-5)
+        conductor.play("p0", "note", (62, 90))
+        conductor.play("p0", "note", (62, 0))
+        conductor.play("p1", "note", (64, 0))
+        conductor.flush()
+        assert conductor.steps == steps + 3  # p0's two events need two steps; p1 rides along
+
+    asyncio.run(main())
