@@ -481,3 +481,31 @@ def test_performers_with_news_are_stepped_in_one_batch(notes_model, tmp_path):
         assert conductor.steps == steps + 3  # p0's two events need two steps; p1 rides along
 
     asyncio.run(main())
+
+
+def test_a_killed_server_leaves_a_parseable_log_with_what_it_acknowledged(notes_model, tmp_path):
+    """SIGKILL (no shutdown at all): what was flushed, within 100 ms, survives and parses."""
+    proc, port = start_server_process(["--model", str(notes_model), "--port", "0", "--record", str(tmp_path / "rec"),
+                                       "--no-snapshot", "--mode", "duet"])
+    try:
+        peer = OscPeer(port)
+        peer.send("/ensemble/hello", "max", "127.0.0.1", peer.port)
+        for pitch in (60, 62, 64):
+            peer.send("/ensemble/note", "max", pitch, 90)
+            peer.recv_until("/ensemble/note")  # acknowledged: answered
+        (log,) = (tmp_path / "rec").glob("*.jsonl")
+        for _ in range(1000):  # the periodic flush reaches the file within 100 ms
+            peer.send("/ensemble/status")
+            peer.recv_until("/ensemble/status")
+            if log.read_text().count('"dir": "in", "performer": "max", "kind": "note"') == 3:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    header, events = read_session(log)
+    played = [e for e in events if e["dir"] == "in" and e["kind"] == "note"]
+    answered = [e for e in events if e["dir"] == "out" and e["kind"] == "note"]
+    assert header["kind"] == "session" and [e["values"][0] for e in played] == [60, 62, 64]
+    assert len(answered) >= 3
