@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ensemble import codecs
 from ensemble.errors import UserError
+from ensemble.files import read_json
 from ensemble.model import ModelConfig, TokenRNN
 
 FORMAT = "ensemble-model"
@@ -94,12 +95,7 @@ def read_config(folder) -> dict:
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such model folder")
     path = folder / CONFIG
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder}: not a model folder (no {CONFIG})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt JSON ({exc})") from None
+    config = read_json(path, CheckpointError, f"{folder}: not a model folder (no {CONFIG})")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an ensemble model config (format is not {FORMAT!r})")
     if config.get("version") != VERSION:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ensemble import codecs
 from ensemble.errors import UserError
-from ensemble.files import atomic_write
+from ensemble.files import atomic_write, read_json
 
 FORMAT = "ensemble-corpus"
 VERSION = 1
@@ -125,12 +125,7 @@ def load_prepared(folder) -> Corpus:
     """Read a prepared corpus folder; every inconsistency is one DataError line."""
     folder = Path(folder)
     path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{folder}: not a prepared corpus (no {MANIFEST}); run `ensemble prepare` first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: corrupt JSON ({exc})") from None
+    manifest = read_json(path, DataError, f"{folder}: not a prepared corpus (no {MANIFEST}); run `ensemble prepare` first")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not an ensemble corpus manifest")
     try:
