@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=(args.log_level or "info").upper(), format="ensemble: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
-    except (UserError, FileNotFoundError, PermissionError) as exc:
+    except (UserError, OSError) as exc:  # a bad file, folder or port: one line, no traceback
         print(f"ensemble {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -214,7 +214,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("plot", help="draw loss curves, LSTM activations or a piano roll (PNG)",
                               description="Draw pictures (PNG files, matplotlib).")
     sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    f = argparse.ArgumentDefaultsHelpFormatter
+    f = argparse.HelpFormatter
     loss = sub.add_parser("loss", help="training and validation loss of a run", formatter_class=f)
     loss.add_argument("run", help="a training run folder (with log.csv)")
     loss.add_argument("--out", help="PNG to write (default RUN/loss.png)")

@@ -509,3 +509,80 @@ def test_a_killed_server_leaves_a_parseable_log_with_what_it_acknowledged(notes_
     answered = [e for e in events if e["dir"] == "out" and e["kind"] == "note"]
     assert header["kind"] == "session" and [e["values"][0] for e in played] == [60, 62, 64]
     assert len(answered) >= 3
+
+
+class Collect:
+    """An Output that keeps what it is sent, for conductor-level tests."""
+
+    name = "collect"
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, performer, kind, values, seq):
+        self.sent.append((kind, *values))
+
+
+def sounding_after(sent) -> set:
+    on = set()
+    for kind, pitch, velocity in sent:
+        if velocity:
+            on.add(pitch)
+        else:
+            on.discard(pitch)
+    return on
+
+
+def test_a_chord_plans_one_machine_stream_and_goodbye_silences_it(notes_model, tmp_path):
+    import asyncio
+
+    from ensemble.server.conductor import Conductor
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        cfg = config(notes_model, tmp_path, record="", default_mode="auto", max_note=30.0)
+        conductor = Conductor(checkpoint.load(notes_model), cfg, loop)
+        old = Collect()
+        p = conductor.hello("nia", old)
+        await asyncio.sleep(0)  # auto starts on the next loop turn
+        for pitch in (60, 64, 67):  # a chord: three events of one performer in one flush
+            conductor.play("nia", "note", (pitch, 90))
+        conductor.flush()
+        planned = [h for h in loop._scheduled if not h.cancelled() and h._callback == conductor._play_machine_event]
+        assert len(planned) == 1 and p.next_event is planned[0]
+        conductor.goodbye("nia")
+        assert sounding_after(old.sent) == set()
+        count = len(old.sent)
+        conductor.hello("nia", Collect(), mode="listen")  # someone new under the same name
+        await asyncio.sleep(0.2)
+        assert len(old.sent) == count  # the one who left plays no more
+
+    asyncio.run(main())
+
+
+def test_a_full_disk_loses_log_lines_but_never_leaves_a_note_sounding(notes_model, tmp_path):
+    import asyncio
+
+    from ensemble.server.conductor import Conductor
+    from ensemble.server.recorder import Recorder
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        cfg = config(notes_model, tmp_path, record="", default_mode="duet")
+        conductor = Conductor(checkpoint.load(notes_model), cfg, loop)
+        recorder = Recorder(tmp_path / "rec", {}, loop)
+        recorder.open()
+        recorder.file.close()
+        recorder.file = open("/dev/full", "w", buffering=1)  # every line fails: ENOSPC
+        conductor.recorder = recorder
+        out = Collect()
+        conductor.hello("ola", out)
+        for k in range(40):
+            conductor.play("ola", "note", (60 + k % 12, 0 if k % 2 else 90))
+            conductor.flush()
+        conductor.panic()
+        assert recorder.failed > 0
+        ons = [s for s in out.sent if s[2] > 0]
+        assert len(ons) == 20 and sounding_after(out.sent) == set()
+
+    asyncio.run(main())

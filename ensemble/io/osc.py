@@ -157,7 +157,7 @@ class OscServer:
         if self.loopback:
             return True
         ip = ipaddress.ip_address(addr[0])
-        if not any(ip in net for net in self.allow):
+        if not ip.is_loopback and not any(ip in net for net in self.allow):  # this machine is always heard
             self.rejected += 1
             log.warning("dropped a packet from %s: not in the allowed networks", addr[0])
             return False
@@ -204,7 +204,20 @@ class OscServer:
             port = rest[0]
         if not 1 <= port <= 65535:
             raise ControlError(f"reply port {port} is out of range 1..65535")
-        return OscOutput(self, (host, port))
+        return OscOutput(self, self._resolve(host, port))
+
+    def _resolve(self, host: str, port: int) -> tuple:
+        """The numeric address, looked up once per hello (not on every packet sent)."""
+        try:
+            ipaddress.ip_address(host)
+            return (host, port)
+        except ValueError:
+            pass
+        try:
+            family = self.sock.family if self.sock is not None else socket.AF_INET
+            return socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)[0][4][:2]
+        except (OSError, UnicodeError) as exc:
+            raise ControlError(f"reply host {host!r} cannot be resolved ({exc})") from None
 
     def output_from(self, description: dict) -> OscOutput:
         return OscOutput(self, (description["host"], int(description["port"])))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import logging
 import signal
+from pathlib import Path
 
 from ensemble import checkpoint
 from ensemble.errors import UserError
@@ -47,8 +47,11 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
         midi.start()
         conductor.midi = midi
     if cfg.restore and cfg.snapshot:
-        restored = conductor.restore(cfg.snapshot, osc.output_from if midi is None else midi.output_or(osc))
-        log.info("restored %d performer(s) from %s", restored, cfg.snapshot)
+        if Path(cfg.snapshot).exists():
+            restored = conductor.restore(cfg.snapshot, osc.output_from if midi is None else midi.output_or(osc))
+            log.info("restored %d performer(s) from %s", restored, cfg.snapshot)
+        else:
+            log.warning("--restore: no snapshot %s yet; starting with no performers", cfg.snapshot)
     if cfg.record:
         m = ckpt.model.config
         conductor.recorder = Recorder(cfg.record, {"model": ckpt.name, "codec": ckpt.codec.describe(),
@@ -70,14 +73,18 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
             log.error("snapshot %s: %s", cfg.snapshot, future.exception())
 
     def periodic():
-        conductor.expire_idle()
-        if cfg.snapshot and writing[0] is None:
-            # the states are copied here, on the loop; the file (fsync included) is
-            # written on a worker thread, so a slow disk never delays an answer
-            performers, arrays = conductor.snapshot_data()
-            writing[0] = loop.run_in_executor(None, snapshot.save, cfg.snapshot, ckpt.name, performers, arrays)
-            writing[0].add_done_callback(snapshot_written)
-        timer[0] = loop.call_later(cfg.snapshot_every, periodic)
+        try:
+            conductor.expire_idle()
+            if cfg.snapshot and writing[0] is None:
+                # the states are copied here, on the loop; the file (fsync included) is
+                # written on a worker thread, so a slow disk never delays an answer
+                performers, arrays = conductor.snapshot_data()
+                writing[0] = loop.run_in_executor(None, snapshot.save, cfg.snapshot, ckpt.name, performers, arrays)
+                writing[0].add_done_callback(snapshot_written)
+        except Exception:  # a bug here must not end snapshots for the rest of the gig
+            log.exception("periodic snapshot")
+        finally:
+            timer[0] = loop.call_later(cfg.snapshot_every, periodic)
 
     timer = [loop.call_later(cfg.snapshot_every, periodic)]
     # everything loaded so far (model, torch, codecs) lives for the whole gig: keep it out
@@ -121,8 +128,9 @@ def add_parser(subparsers) -> None:
         "serve", help="run the real-time server (OSC, MIDI)",
         description="Serve a model live: performers send OSC (or MIDI) events, each keeps their own "
                     "hidden state, and predictions come back by OSC (or MIDI). Stop with Ctrl-C or SIGTERM: "
-                    "every sounding note is ended, states are snapshotted and the session log is closed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                    "every sounding note is ended, states are snapshotted and the session log is closed. "
+                    "Every setting can also come from --config FILE.toml (see README: keys are the names "
+                    "below with - as _, --mode is default_mode, MIDI options live in a [midi] table).",
     )
     p.add_argument("--config", help="a TOML file with any of these settings (the command line wins)")
     p.add_argument("--model", help=f"model folder (default: the bundled {d.model})")

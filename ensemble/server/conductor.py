@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import zlib
 from dataclasses import dataclass
@@ -131,6 +132,8 @@ class Conductor:
                 del self.performers[performer_id]
                 raise
         log.info("hello %s (slot %d, %s mode, answers to %s)", performer_id, p.slot, p.mode, output.name)
+        if p.mode == "auto":
+            self.loop.call_soon(self._start_generating, p)  # after a restore has set the state
         return p
 
     def get(self, performer_id: str) -> Performer:
@@ -169,7 +172,8 @@ class Conductor:
         check = PARAMETERS.get(name)
         if check is None:
             raise ControlError(f"unknown parameter {name!r}; known: {', '.join(PARAMETERS)}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not check(value):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                or not check(value):
             raise ControlError(f"{name} {value!r} is out of range")
         targets = list(self.performers.values()) if performer_id == "*" else [self.get(performer_id)]
         for p in targets:
@@ -264,8 +268,12 @@ class Conductor:
             self._flush_soon = True
             self.loop.call_soon(self.flush)
 
+    def _present(self, p: Performer) -> bool:
+        """Still this very performer (not one who left, nor a new one under the same id)."""
+        return self.performers.get(p.id) is p
+
     def _after_step(self, p: Performer, e: Pending) -> None:
-        if p.id not in self.performers:
+        if not self._present(p):
             return
         if e.own:
             if p.generating:
@@ -274,6 +282,8 @@ class Conductor:
         if p.mode == "duet":
             self._duet(p, e.values)
         elif p.mode == "respond":
+            if p.silence is not None:  # several events in one flush (a chord): one timer
+                p.silence.cancel()
             p.silence = self.loop.call_later(p.threshold, self._start_generating, p)
         elif p.mode == "auto":
             p.generating = True
@@ -298,8 +308,8 @@ class Conductor:
 
     def _start_generating(self, p: Performer) -> None:
         p.silence = None
-        if p.id not in self.performers:
-            return
+        if not self._present(p) or self.band is not None or p.mode not in ("respond", "auto"):
+            return  # gone, a band model (it plays on its clock), or no longer a playing mode
         p.generating = True
         if not p.has_logits:  # nothing heard yet: begin from a rest
             p.stream_time = self.loop.time()
@@ -310,6 +320,8 @@ class Conductor:
 
     def _plan_next(self, p: Performer) -> None:
         """Sample the next machine event and schedule it at its predicted time."""
+        if p.next_event is not None:  # one planned event per performer, ever
+            p.next_event.cancel()
         token = self._sample(p)
         event = self.adapter.event(token)
         now = self.loop.time()
@@ -318,7 +330,7 @@ class Conductor:
 
     def _play_machine_event(self, p: Performer, token: int, event, when: float) -> None:
         p.next_event = None
-        if not p.generating or p.id not in self.performers:
+        if not p.generating or not self._present(p):
             return
         p.stream_time = when  # planned time, so timing does not drift
         self._emit(p, event)
@@ -404,7 +416,8 @@ class Conductor:
                 np.copyto(p.logits, state["logits"])
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("snapshot %s: performer %r not restored (%s)", path, info.get("id"), exc)
-                self.performers.pop(info.get("id"), None)
+                if info.get("id") in self.performers:
+                    self.goodbye(info["id"])
                 continue
             p.has_logits = info["has_logits"]
             p.seq = info["seq"]

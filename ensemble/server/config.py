@@ -7,6 +7,7 @@ command-line options (`--reply-port 6006` is `reply_port = 6006`); the command l
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,7 +43,40 @@ class ServerConfig:
     seed: int | None = None              # fixed seed: predictions reproducible per performer
     midi: dict = field(default_factory=dict)  # [midi] table, read by the MIDI layer
 
+    def _check_types(self) -> None:
+        """TOML can hold any type: each setting is checked before it is used."""
+        def fail(name, want):
+            raise UserError(f"{name} must be {want}, got {getattr(self, name)!r}")
+
+        for name in ("port", "reply_port", "top_k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                fail(name, "an integer")
+        for name in ("snapshot_every", "rate_limit", "temperature", "top_p", "threshold", "max_note",
+                     "gesture_interval", "idle_timeout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                fail(name, "a finite number")
+            setattr(self, name, float(v))
+        for name in ("model", "host", "log_level", "default_mode", "engine"):
+            if not isinstance(getattr(self, name), str):
+                fail(name, "a string")
+        for name in ("record", "snapshot"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                fail(name, 'a path string ("" for none)')
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            fail("seed", "an integer")
+        if not isinstance(self.restore, bool):
+            fail("restore", "true or false")
+        if not isinstance(self.allow, list) or not all(isinstance(n, str) for n in self.allow):
+            fail("allow", 'a list of networks, e.g. ["192.168.1.0/24"]')
+        if not isinstance(self.midi, dict):
+            fail("midi", "a table")
+
     def validate(self) -> None:
+        self._check_types()
+        if self.engine not in ("numpy", "torch"):
+            raise UserError(f"engine must be numpy or torch, got {self.engine!r}")
         if self.default_mode not in MODES:
             raise UserError(f"default_mode must be one of {', '.join(MODES)}, got {self.default_mode!r}")
         for name in ("port", "reply_port"):

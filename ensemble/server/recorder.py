@@ -38,6 +38,7 @@ class Recorder:
         self.file = None
         self.path: Path | None = None
         self.lines = 0
+        self.failed = 0  # lines that could not be written
         self._dirty = False
         self._timer = None
         self._part = 0
@@ -63,14 +64,20 @@ class Recorder:
                 "kind": kind, "values": list(values), "source": source, "seq": seq}
         if token is not None:
             item["token"] = token  # exactly what the model was fed
-        self.file.write(json.dumps(item) + "\n")
+        try:
+            self.file.write(json.dumps(item) + "\n")
+        except (OSError, ValueError) as exc:  # a full disk must not stop the music
+            self.failed += 1
+            if self.failed == 1:
+                log.error("recorder: cannot write %s: %s (recording goes on trying)", self.path, exc)
+            return
         self.lines += 1
         self._dirty = True
 
     def flush(self) -> None:
         if self.file is not None and self._dirty:
-            self.file.flush()
             self._dirty = False
+            self.file.flush()
             if self.file.tell() >= self.rotate_bytes:
                 self._rotate()
 
@@ -84,8 +91,8 @@ class Recorder:
             self.flush()
         except OSError as exc:  # a full disk must not stop the music
             log.error("recorder: cannot write %s: %s", self.path, exc)
-        if self.file is not None and self.loop is not None:
-            self._timer = self.loop.call_later(self.flush_interval, self._tick)
+        if self.file is not None and self.loop is not None and self._timer is None:
+            self._timer = self.loop.call_later(self.flush_interval, self._tick)  # (a rotation may have set it)
 
     def _close_file(self) -> None:
         if self.file is not None:

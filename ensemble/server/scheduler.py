@@ -36,8 +36,9 @@ class HeldNotes:
         if pitch in notes:  # struck again: end the sounding one first
             notes.pop(pitch).cancel()
             self.send(performer, "note", (pitch, 0))
-        self.send(performer, "note", (pitch, velocity))
+        # tracked (and capped) before it is sent: whatever happens while sending, it ends
         notes[pitch] = self.loop.call_later(performer.max_note, self._cap, performer, pitch)
+        self.send(performer, "note", (pitch, velocity))
         return True
 
     def _cap(self, performer: Performer, pitch: int) -> None:
