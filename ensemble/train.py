@@ -373,6 +373,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         raise TrainError("--batch, --seq-len and --steps must be >= 1")
     if cfg.cell not in CELLS:
         raise TrainError(f"--cell must be one of {', '.join(CELLS)}")
+    if cfg.freeze_rnn and not (cfg.init_from or resume):
+        raise TrainError("--freeze-rnn needs --init-from MODEL (a trained model to keep the recurrent layers of)")
+    if (cfg.transpose or cfg.stretch) and not hasattr(corpus.codec, "augment"):
+        log.warning("--transpose/--stretch do nothing for the %s codec (only MIDI-like codecs augment)",
+                    corpus.codec.name)
 
     torch.manual_seed(cfg.seed + rank)
     if init is not None:
@@ -380,7 +385,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         model.train()
     else:
         layers, hidden, embedding = cfg.model_shape()
-        model = TokenRNN(corpus.codec.vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout)
+        try:
+            model = TokenRNN(corpus.codec.vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
     model.to(device)
     if cfg.freeze_rnn:
         for p in list(model.embed.parameters()) + list(model.rnn.parameters()):
