@@ -18,6 +18,7 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; these are ordinary data
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
