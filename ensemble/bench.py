@@ -125,11 +125,11 @@ def _step_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0: off)")
     p.add_argument("--seed", type=int, default=0, help="seeds the random model, the first tokens and the sampler")
     g = p.add_argument_group("random model (without --model)")
-    g.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="lstm")
-    g.add_argument("--layers", type=int, default=2)
-    g.add_argument("--hidden", type=int, default=256)
-    g.add_argument("--embedding", type=int, default=64)
-    g.add_argument("--vocab", type=int, default=1000)
+    g.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="lstm", help="recurrent cell (default lstm)")
+    g.add_argument("--layers", type=int, default=2, help="stacked layers, 1-3 (default 2)")
+    g.add_argument("--hidden", type=int, default=256, help="hidden units per layer (default 256)")
+    g.add_argument("--embedding", type=int, default=64, help="token embedding size (default 64)")
+    g.add_argument("--vocab", type=int, default=1000, help="vocabulary size: the output layer's width (default 1000)")
 
 
 def _time_steps(engine, sampler, settings, rng, batch: int, iterations: int, warmup: int):

@@ -64,14 +64,14 @@ def bench_train(vocab: int, size: str, cell: str, seq_len: int, batch: int, step
 
 def add_arguments(p) -> None:
     p.add_argument("--data", help="a prepared corpus (default: random tokens of --vocab)")
-    p.add_argument("--vocab", type=int, default=3660, help="vocabulary size for random tokens")
-    p.add_argument("--size", default="m", choices=list(SIZES), help="model size preset")
-    p.add_argument("--cell", default="lstm", choices=list(CELLS))
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--vocab", type=int, default=3660, help="vocabulary size for random tokens (default 3660)")
+    p.add_argument("--size", default="m", choices=list(SIZES), help="model size preset (default m: 2x256)")
+    p.add_argument("--cell", default="lstm", choices=list(CELLS), help="recurrent cell (default lstm)")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per window (default 64)")
+    p.add_argument("--batch", type=int, default=32, help="parallel streams per step (default 32)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default auto)")
 
 
 def run(args) -> int:
