@@ -617,7 +617,9 @@ def run(args) -> int:
         except (json.JSONDecodeError, TypeError) as exc:
             raise TrainError(f"{saved}: unreadable ({exc})") from None
         if args.max_time is not None:
-            cfg.max_time = args.max_time
+            cfg.max_time = args.max_time  # the one setting a resumed run takes: more (or less) time
+        if args.data or args.out:
+            log.warning("--resume continues with the run's own settings (%s); --data/--out are ignored", saved)
         cfg.out = args.resume
     else:
         if not args.data or not args.out:
