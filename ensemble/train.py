@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import logging
 import math
@@ -230,10 +231,13 @@ def augmenter(codec, cfg: TrainConfig):
     if not (cfg.transpose or cfg.stretch) or not hasattr(codec, "augment"):
         return None
 
+    takes_rng = "rng" in inspect.signature(codec.augment).parameters  # e.g. notes: jitter within time bins
+
     def augment(tokens, rng):
         semitones = int(rng.integers(-cfg.transpose, cfg.transpose + 1)) if cfg.transpose else 0
         factor = float(1 + rng.uniform(-cfg.stretch, cfg.stretch)) if cfg.stretch else 1.0
-        return np.asarray(codec.augment(tokens, semitones=semitones, stretch=factor), dtype=np.int64)
+        extra = {"rng": rng} if takes_rng else {}
+        return np.asarray(codec.augment(tokens, semitones=semitones, stretch=factor, **extra), dtype=np.int64)
 
     return augment
 

@@ -219,3 +219,20 @@ def test_augment_transposes_exactly_and_folds():
     assert codec.augment(tokens) == tokens
     slower = codec.decode(codec.augment(tokens, stretch=3.0))
     assert [time_bin(e.dt) for e in slower] == [0, time_bin(0.3), time_bin(0.3)]
+
+
+def test_a_small_stretch_moves_tokens_when_dt_is_jittered_within_its_bin():
+    import numpy as np
+
+    codec = NotesCodec()
+    rng = np.random.default_rng(0)
+    events = [NoteEvent(float(dt), 60 + i % 12, 90 if i % 2 == 0 else 0)
+              for i, dt in enumerate(rng.uniform(0.05, 1.5, size=400))]
+    tokens = codec.encode(events)
+    assert codec.augment(tokens, stretch=1.1) == tokens  # representatives alone: nothing crosses an edge
+    stretched = codec.augment(tokens, stretch=1.1, rng=np.random.default_rng(1))
+    moved = [codec.times.index(a.dt) - codec.times.index(b.dt)
+             for a, b in zip(codec.decode(stretched), codec.decode(tokens))]
+    assert set(moved) <= {0, 1} and 0.05 < np.mean(moved) < 0.4  # ~log(1.1)/log(1.75) of them, one bin later
+    assert codec.augment(tokens, rng=np.random.default_rng(2)) == tokens  # no stretch, no change
+    assert [e.pitch for e in codec.decode(stretched)] == [e.pitch for e in codec.decode(tokens)]

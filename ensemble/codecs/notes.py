@@ -202,18 +202,31 @@ class NotesCodec:
         """Events -> a playable one-track MIDI file (via `to_notes`)."""
         return midi_from_notes(to_notes(events, max_note_seconds))
 
-    def augment(self, tokens: Sequence[int], semitones: int = 0, stretch: float = 1.0) -> list[int]:
+    def augment(self, tokens: Sequence[int], semitones: int = 0, stretch: float = 1.0, rng=None) -> list[int]:
         """Transpose by `semitones` (folding into the range) and scale every dt by `stretch`.
 
-        Works on bin representatives, so a stretch moves a token only when it crosses a
-        bin edge (factor ~1.32 from a log-centre); transposition is exact.
+        Without `rng` a stretch works on the bins' representatives, so it moves a token
+        only when it crosses a bin edge (a factor of ~1.32 from a log-centre). With a
+        numpy `rng` each dt is first drawn log-uniformly within its own bin (where in
+        the bin it was is unknown), so any stretch moves the tokens near an edge, as a
+        real change of tempo would. Bin 0 ("together") and the open last bin keep their
+        meaning. Transposition is exact.
         """
         if not stretch > 0:
             raise CodecError(f"stretch must be > 0, got {stretch!r}")
+        jitter = rng is not None and stretch != 1.0
+        edges, last = self._edges, self.times.count - 1
         out = []
-        for e in self.decode(tokens):
-            pitch = min(max(e.pitch + semitones, 0), 127)
-            out.append(self.encode_event(e.dt * stretch, fold_pitch(pitch, self.low_pitch, self.high_pitch), e.velocity))
+        for token in tokens:
+            e = self.decode_token(token)
+            pitch = fold_pitch(min(max(e.pitch + semitones, 0), 127), self.low_pitch, self.high_pitch)
+            dt = e.dt
+            if jitter:
+                b = self.times.index(dt)
+                if 0 < b < last:
+                    lo, hi = edges[b - 1], edges[b]
+                    dt = lo * (hi / lo) ** rng.random()
+            out.append(self.encode_event(dt * stretch, pitch, e.velocity))
         return out
 
 
