@@ -42,6 +42,18 @@ class OscPeer:
             if got == address:
                 return args
 
+    def until_status(self, timeout: float = 5.0) -> tuple[list, dict]:
+        """Ask for /ensemble/status; return what arrived before it (argument lists) and the status."""
+        import json
+
+        self.send("/ensemble/status")
+        before = []
+        while True:
+            address, args = self.recv(timeout)
+            if address == "/ensemble/status":
+                return before, json.loads(args[0])
+            before.append(args)
+
     def close(self) -> None:
         self.sock.close()
 

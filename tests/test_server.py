@@ -193,19 +193,13 @@ def test_sigterm_then_restore_continues_exactly(notes_model, tmp_path):
             "--snapshot", str(tmp_path / "snap.npz"), "--seed", str(SEED), "--mode", "duet"]
     proc, port = start_server_process(args)
     peer = OscPeer(port)
-    received = []
     try:
         peer.send("/ensemble/hello", "fay", "127.0.0.1", peer.port)
         peer.send("/ensemble/set", "fay", "max_note", 60.0)
         for pitch in (60, 62, 64, 65):
             peer.send("/ensemble/note", "fay", pitch, 80)
-        peer.send("/ensemble/status")
-        while True:
-            address, reply = peer.recv()
-            if address == "/ensemble/status":
-                break
-            received.append(reply)
-        assert json.loads(reply[0])["performers"][0]["events_in"] == 4
+        received, status = peer.until_status()
+        assert status["performers"][0]["events_in"] == 4
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
@@ -220,17 +214,11 @@ def test_sigterm_then_restore_continues_exactly(notes_model, tmp_path):
             break
     assert (tmp_path / "snap.npz").exists()
     proc, port = start_server_process(args + ["--restore"])
-    after = []
     try:
         peer.server = ("127.0.0.1", port)
         for pitch in (60, 64, 67, 64):  # fay is known again: no hello needed
             peer.send("/ensemble/note", "fay", pitch, 80)
-        peer.send("/ensemble/status")
-        while True:
-            address, reply = peer.recv()
-            if address == "/ensemble/status":
-                break
-            after.append(reply)
+        after, _ = peer.until_status()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
