@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,7 +16,14 @@ from pathlib import Path
 from ensemble.errors import UserError
 
 MODES = ("listen", "duet", "respond", "auto")
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "folk-notes"
+def _default_model() -> Path:
+    """The bundled model: in the source tree (editable installs), else where pip put it."""
+    here = Path(__file__).resolve().parents[2] / "models" / "folk-notes"
+    installed = Path(sys.prefix) / "share" / "ensemble" / "models" / "folk-notes"
+    return here if here.is_dir() or not installed.is_dir() else installed
+
+
+DEFAULT_MODEL = _default_model()
 
 
 @dataclass
