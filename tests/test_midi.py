@@ -218,7 +218,7 @@ def test_osc_steers_midi_performers_in_the_same_conductor(notes_model):
     """A MIDI performer's mode is changed by /ensemble/mode over real UDP and shows in /ensemble/status."""
 
     async def test(layer, ports, conductor):
-        osc = OscServer(conductor, "127.0.0.1", 0)
+        osc = OscServer(conductor, ServerConfig(port=0))
         _, port = osc.start()
         peer = OscPeer(port)
         try:

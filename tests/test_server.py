@@ -235,10 +235,16 @@ def test_sigterm_then_restore_continues_exactly(notes_model, tmp_path):
     assert [tuple(r[1:3]) for r in received[:len(before)]] == before
     # shutdown ended the last answer (the off that the 5th event would have sent) ...
     assert tuple(received[len(before)][1:3]) == expected[len(before)] and len(received) == len(before) + 1
-    # ... and the restored server answers exactly as the uninterrupted history predicts
+    # the restored server first ends any note its output may still sound (every pitch) ...
+    codec = checkpoint.load(notes_model).codec
+    pitches = list(range(codec.low_pitch, codec.high_pitch + 1))
+    assert [tuple(r[1:3]) for r in after[:len(pitches)]] == [(p, 0) for p in pitches]
+    after_offs, after = after[:len(pitches)], after[len(pitches):]
+    # ... and then answers exactly as the uninterrupted history predicts
     assert [tuple(r[1:3]) for r in after] == expected[len(before) + 1:]
     assert all(r[0] == "fay" for r in after)
-    assert after[0][3] == received[-1][3] + 1  # sequence numbers continue across the restart
+    # a clean shutdown's snapshot is exact: sequence numbers continue across the restart
+    assert [r[3] for r in after_offs + after] == list(range(received[-1][3] + 1, received[-1][3] + 1 + len(after_offs + after)))
 
 
 def test_recordings_become_training_data(notes_model, tmp_path):
@@ -359,9 +365,10 @@ def test_wider_binding_hears_only_allowed_networks_at_a_bounded_rate(notes_model
 
     async def main():
         loop = asyncio.get_running_loop()
-        cfg = config(notes_model, tmp_path, record="", default_mode="listen")
+        cfg = config(notes_model, tmp_path, record="", default_mode="listen", host="0.0.0.0",
+                     allow=["192.0.2.0/24"], rate_limit=5.0)
         conductor = Conductor(checkpoint.load(notes_model), cfg, loop)
-        osc = OscServer(conductor, host="0.0.0.0", allow=["192.0.2.0/24"], rate_limit=5)
+        osc = OscServer(conductor, cfg)
         hello = build("/ensemble/hello", ["kim", "192.0.2.7", 9])
         osc.datagram(hello, ("198.51.100.1", 5000))  # not an allowed network: dropped, unanswered
         assert "kim" not in conductor.performers and osc.rejected == 1

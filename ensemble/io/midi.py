@@ -375,6 +375,11 @@ class MidiOutput:
             msg = mido.Message("note_off", channel=ch, note=pitch, velocity=0)
         self.layer.send(self.port, msg)
 
+    def all_notes_off(self) -> None:
+        """All Notes Off (CC 123) on this channel: after a restart, whatever was left sounding."""
+        self.layer.send(self.port, mido.Message("control_change", channel=self.channel - 1,
+                                                control=ALL_NOTES_OFF, value=0))
+
     def describe(self) -> dict:
         return {"type": "midi", "port": self.port, "channel": self.channel, "name": self.name}
 
