@@ -257,7 +257,8 @@ class OscServer:
             self.ignored += 1  # never answered: another server's output, or a loop in the making
             return
         performer = args[0] if args and isinstance(args[0], str) else None
-        admin = self._in(ip_of(addr[0]), self.admin)
+        ip = ip_of(addr[0])
+        admin = any(ip in net for net in self.admin)  # exactly the admin networks (default: this machine)
         try:
             if address == "/ensemble/status" and args and isinstance(args[-1], bytes):
                 args = args[:-1]  # padding, so a status reply may be larger than a bare request
