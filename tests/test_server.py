@@ -183,9 +183,31 @@ def test_oscsend_in_oscdump_out(notes_model, tmp_path):
             send("/ensemble/note", "sff", "erin", "1.5", "2.0")  # wrong types: error to erin's address
             fields = dump_line(dump)
             assert fields[:3] == ["/ensemble/error", "ss", '"/ensemble/note"'] and "takes" in " ".join(fields)
+            # oscsend closes its port at once: the status comes to the port named, or to erin's address
+            send("/ensemble/status", "i", str(dump_port))
+            fields = dump_line(dump)
+            assert fields[:2] == ["/ensemble/status", "s"] and '"performers_total":1' in fields[2]
+            send("/ensemble/status", "s", "erin")
+            fields = dump_line(dump)
+            assert fields[:2] == ["/ensemble/status", "s"] and '"id":"erin"' in fields[2]
     finally:
         dump.kill()
         dump.wait()
+
+
+def test_panic_silences_auto_until_the_performer_plays_and_status_shows_it(notes_model, tmp_path):
+    cfg = config(notes_model, tmp_path, default_mode="auto", max_note=0.2)
+    with ServerThread(cfg) as server:
+        peer = OscPeer(server.port)
+        peer.send("/ensemble/hello", "gil", "127.0.0.1", peer.port)
+        peer.recv_until("/ensemble/note")  # auto plays from hello on
+        peer.send("/ensemble/panic")
+        _, status = peer.until_status()
+        gil = status["performers"][0]
+        assert gil["mode"] == "auto" and gil["silenced_by_panic"] and not gil["generating"]
+        peer.send("/ensemble/note", "gil", 60, 90)  # playing again brings the machine back
+        _, status = peer.until_status()
+        assert not status["performers"][0]["silenced_by_panic"] and status["performers"][0]["generating"]
 
 
 def test_sigterm_then_restore_continues_exactly(notes_model, tmp_path):
