@@ -503,19 +503,19 @@ def test_settings_are_checked_with_clear_messages():
             parse_settings(bad)
 
 
-def test_restored_outputs_are_midi_or_osc(notes_model):
-    class Osc:
-        def output_from(self, description):
-            return ("osc", description["port"])
-
+def test_restored_outputs_are_rebuilt_by_their_own_transport(notes_model):
     async def test(layer, ports, conductor):
+        osc = OscServer(conductor, ServerConfig(port=0))
         out = layer.output("synth", 3)
-        make = layer.output_or(Osc())
-        again = make(out.describe())
+        again = conductor.output_from(out.describe())
         assert isinstance(again, MidiOutput) and again.name == out.name == "midi:synth:3"
-        assert make({"type": "osc", "host": "127.0.0.1", "port": 9000}) == ("osc", 9000)
+        assert layer.output_from({"type": "osc", "host": "127.0.0.1", "port": 9000}) is None
+        assert conductor.output_from({"type": "osc", "host": "127.0.0.1", "port": 9000}).name == "osc:127.0.0.1:9000"
         with pytest.raises(ValueError, match="not open now"):
-            make({"type": "midi", "port": "elsewhere", "channel": 1})
+            conductor.output_from({"type": "midi", "port": "elsewhere", "channel": 1})
+        with pytest.raises(ValueError, match="no transport"):
+            conductor.output_from({"type": "pigeon", "name": "coop"})
+        assert osc.output_from(out.describe()) is None
 
     run(notes_model, test, {})
 

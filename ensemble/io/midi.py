@@ -80,8 +80,7 @@ from typing import Callable
 import mido
 
 from ensemble.errors import UserError
-from ensemble.server.config import MODES
-from ensemble.server.events import EventError
+from ensemble.messages import MODES, EventError, Hello, Origin, Panic, Play, Reset, SetMode, SetParam
 
 log = logging.getLogger("ensemble.midi")
 
@@ -401,9 +400,11 @@ class PortSlot:
 
 
 class MidiLayer:
-    """MIDI ports feeding and answering the conductor. `backend` is for tests and other systems:
-    an object with input_names(), output_names(), open_input(name, callback, virtual),
-    open_output(name, virtual) (mido ports) and close()."""
+    """The MIDI transport: ports feeding and answering the conductor. `backend` is for tests
+    and other systems: an object with input_names(), output_names(), open_input(name,
+    callback, virtual), open_output(name, virtual) (mido ports) and close()."""
+
+    name = "midi"
 
     def __init__(self, conductor, midi_config: dict | None = None, backend=None):
         self.conductor = conductor
@@ -433,6 +434,7 @@ class MidiLayer:
         self._said: set[str] = set()
         self.received = self.suppressed = self.forwarded = self.sent = self.dropped = self.errors = 0
         self.changes: list[tuple[str, str, str]] = []  # ("open"|"lost", port pattern, port name)
+        conductor.attach(self)
 
     # ------------------------------------------------------------------ ports
 
@@ -622,7 +624,6 @@ class MidiLayer:
                 self.message(pattern, msg, t)
             except (EventError, ValueError) as exc:  # ControlError is a ValueError
                 self.errors += 1
-                self.conductor.errors += 1
                 log.warning("MIDI %s from %r: %s", msg, pattern, exc)
             except Exception:  # a bug must cost one message, never the server
                 log.exception("MIDI: internal error on %s from %r", msg, pattern)
@@ -638,7 +639,7 @@ class MidiLayer:
             self.suppressed += 1
             return
         route = self._route(pattern, msg.channel + 1)
-        source = f"midi:{pattern}"
+        source = Origin(f"midi:{pattern}")  # gear on this machine: it owns its performers and may steer all
         if msg.type in ("note_on", "note_off"):
             if self.conductor.adapter.kind != "note":
                 self._say_once("codec", "MIDI: this model (%s codec) does not take notes; MIDI input is ignored",
@@ -647,7 +648,7 @@ class MidiLayer:
                 return
             velocity = msg.velocity if msg.type == "note_on" else 0
             self._performer(route, source)
-            self.conductor.play(route.performer, "note", (msg.note, velocity), source)
+            self.conductor.handle(Play(route.performer, "note", (msg.note, velocity)), source)
         elif msg.type == "control_change" and msg.control in self.settings.controls:
             self._control(self.settings.controls[msg.control], msg.value, route, source)
             return
@@ -677,22 +678,18 @@ class MidiLayer:
             out = self.midi_outputs[(port, channel)] = MidiOutput(self, port, channel)
         return out
 
-    def _performer(self, route: Route, source: str):
+    def _performer(self, route: Route, source: Origin):
         """The route's performer, said hello to if the conductor does not know them (yet, or any more)."""
-        p = self.conductor.performers.get(route.performer)
-        if p is None:
-            p = self.conductor.hello(route.performer, self.output(route.output, route.channel), source,
-                                     mode=route.mode)
-            if self.conductor.recorder:
-                self.conductor.recorder.record("in", route.performer, "hello", [p.output.name], source)
-        return p
+        if route.performer not in self.conductor.performers:
+            self.conductor.handle(Hello(route.performer, self.output(route.output, route.channel), route.mode), source)
+        return self.conductor.performers[route.performer]
 
-    def _control(self, action: str, value: int, route: Route, source: str) -> None:
+    def _control(self, action: str, value: int, route: Route, source: Origin) -> None:
         meaning = control_value(action, value)
-        control = self.conductor.control
+        handle = self.conductor.handle
         if action == "panic":
             if meaning:
-                control("/ensemble/panic", [], None, source)
+                handle(Panic(), source)
             return
         if action == "reset" and not meaning:
             return
@@ -700,12 +697,12 @@ class MidiLayer:
             return
         self._performer(route, source)
         if action == "reset":
-            control("/ensemble/reset", [route.performer], None, source)
+            handle(Reset(route.performer), source)
         elif action == "mode":
             if self.conductor.performers[route.performer].mode != meaning:
-                control("/ensemble/mode", [route.performer, meaning], None, source)
+                handle(SetMode(route.performer, meaning), source)
         else:
-            control("/ensemble/set", [route.performer, action, float(meaning)], None, source)
+            handle(SetParam(route.performer, action, float(meaning)), source)
 
     # ------------------------------------------------------------------ out
 
@@ -757,20 +754,18 @@ class MidiLayer:
                 count += 1
         return count
 
-    def output_or(self, osc) -> Callable[[dict], object]:
-        """For --restore: MIDI outputs from their descriptions, anything else from `osc`."""
-        def make(description: dict):
-            if description.get("type") != "midi":
-                return osc.output_from(description)
-            port = description.get("port")
-            if port is not None and port not in self.outputs:
-                raise ValueError(f"MIDI output {port!r} is not open now (outputs: {', '.join(self.outputs) or 'none'})")
-            try:
-                channel = _channel(description.get("channel"), "restored output")
-            except UserError as exc:
-                raise ValueError(str(exc)) from None
-            return self.output(port, channel)
-        return make
+    def output_from(self, description: dict) -> MidiOutput | None:
+        """For --restore: one of our outputs from its description (None: another transport's)."""
+        if description.get("type") != "midi":
+            return None
+        port = description.get("port")
+        if port is not None and port not in self.outputs:
+            raise ValueError(f"MIDI output {port!r} is not open now (outputs: {', '.join(self.outputs) or 'none'})")
+        try:
+            channel = _channel(description.get("channel"), "restored output")
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return self.output(port, channel)
 
     # ------------------------------------------------------------------ status, close
 

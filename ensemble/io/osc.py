@@ -35,8 +35,8 @@ from pythonosc.osc_packet import OscPacket
 
 from ensemble.io.datagram import BadDatagram, check_datagram
 from ensemble.io.limits import QuietLog, RateLimiter
-from ensemble.server.conductor import Conductor, ControlError
-from ensemble.server.events import EventError
+from ensemble.messages import (ControlError, EventError, Goodbye, Hello, Origin, Panic, Play, Reset, SetMode,
+                               SetParam, StatusRequest)
 
 log = logging.getLogger("ensemble.osc")
 
@@ -133,7 +133,11 @@ class OscOutput:
 
 
 class OscServer:
-    def __init__(self, conductor: Conductor, cfg):
+    """The OSC transport: a UDP socket, its address space, and the performers' OSC outputs."""
+
+    name = "osc"
+
+    def __init__(self, conductor, cfg):
         self.conductor = conductor
         self.cfg = cfg
         self.host, self.port, self.reply_port = cfg.host, cfg.port, cfg.reply_port
@@ -148,8 +152,8 @@ class OscServer:
         self.quiet = QuietLog(log, cfg.error_rate, burst=2 * cfg.error_rate)  # errors + log lines per source
         self.lookups: dict[tuple[str, int], tuple] = {}      # (host, port) -> numeric address
         self.looking_up = 0
-        self.received = self.rejected = self.malformed = self.ignored = 0
-        conductor.reply = self.send
+        self.received = self.rejected = self.malformed = self.ignored = self.errors = 0
+        conductor.attach(self)
 
     @staticmethod
     def _is_loopback(host: str) -> bool:
@@ -258,26 +262,43 @@ class OscServer:
             return
         performer = args[0] if args and isinstance(args[0], str) else None
         ip = ip_of(addr[0])
-        admin = any(ip in net for net in self.admin)  # exactly the admin networks (default: this machine)
+        origin = Origin(source, addr[0], admin=any(ip in net for net in self.admin))  # default admin: this machine
         try:
             if address == "/ensemble/status" and args and isinstance(args[-1], bytes):
                 args = args[:-1]  # padding, so a status reply may be larger than a bare request
             args = check_arguments(address, args)
             if address == "/ensemble/status":
-                self._status(args, addr, admin, size)
+                self._status(args, addr, origin, size)
                 return
             if not self.loopback and performer is not None and address in EVENTS \
                     and not self.performer_limit.allow(performer):
                 self.rejected += 1
                 return
             if address == "/ensemble/hello" and len(args) == 3 and not self._numeric(args[1]):
-                self._hello_by_name(args, addr, source, admin, size)
+                self._hello_by_name(args, addr, origin, size)
                 return
-            self.conductor.control(address, args, addr, source,
-                                   make_output=lambda pid, rest: self._output(addr, rest),
-                                   owner=addr[0], admin=admin)
+            self.conductor.handle(self._event(address, args, addr), origin)
         except (EventError, ControlError, ValueError) as exc:
             self._error(addr, performer, address, str(exc), size)
+
+    def _event(self, address: str, args: list, addr):
+        """The typed event an (argument-checked) message stands for."""
+        verb = address[len(PREFIX):]
+        if verb in ("note", "touch", "gesture"):
+            return Play(args[0], verb, tuple(args[1:]))
+        if verb == "hello":
+            return Hello(args[0], self._output(addr, args[1:]))
+        if verb == "mode":
+            return SetMode(args[0], args[1])
+        if verb == "set":
+            return SetParam(args[0], args[1], args[2])
+        if verb == "reset":
+            return Reset(args[0])
+        if verb == "goodbye":
+            return Goodbye(args[0])
+        if verb == "panic":
+            return Panic(args[0] if args else None)
+        raise EventError(f"unknown address {address}")
 
     @staticmethod
     def _numeric(host: str) -> bool:
@@ -307,21 +328,18 @@ class OscServer:
             port = rest[0]
         return OscOutput(self, self._reply_address(host, port))
 
-    def _hello_by_name(self, args: list, addr, source: str, admin: bool, size: int) -> None:
+    def _hello_by_name(self, args: list, addr, origin: Origin, size: int) -> None:
         """A hello naming a host: looked up off the loop (with a timeout); only this performer waits."""
         key = (args[1], args[2])
         if key in self.lookups:
-            numeric = self.lookups[key]
-            self.conductor.control("/ensemble/hello", [args[0], *numeric], addr, source,
-                                   make_output=lambda pid, rest: self._output(addr, rest),
-                                   owner=addr[0], admin=admin)
+            self.conductor.handle(Hello(args[0], self._output(addr, list(self.lookups[key]))), origin)
             return
         if self.looking_up >= MAX_LOOKUPS:
-            raise ControlError(f"too many host-name lookups in progress; use a numeric address")
+            raise ControlError("too many host-name lookups in progress; use a numeric address")
         self.looking_up += 1
-        self.loop.create_task(self._look_up(key, args, addr, source, admin, size))
+        self.loop.create_task(self._look_up(key, args, addr, origin, size))
 
-    async def _look_up(self, key, args, addr, source, admin, size) -> None:
+    async def _look_up(self, key, args, addr, origin: Origin, size: int) -> None:
         host, port = key
         try:
             family = self.sock.family if self.sock is not None else socket.AF_INET
@@ -331,40 +349,48 @@ class OscServer:
             if len(self.lookups) >= LOOKUP_CACHE:
                 self.lookups.pop(next(iter(self.lookups)))
             self.lookups[key] = numeric
-            self.message("/ensemble/hello", [args[0], *numeric], addr, source, size)
+            self.message("/ensemble/hello", [args[0], *numeric], addr, origin.source, size)
         except (OSError, UnicodeError, asyncio.TimeoutError, IndexError) as exc:
             reason = "no answer in time" if isinstance(exc, asyncio.TimeoutError) else str(exc)
             self._error(addr, args[0], "/ensemble/hello", f"reply host {host!r} cannot be resolved ({reason})", size)
         finally:
             self.looking_up -= 1
 
-    def output_from(self, description: dict) -> OscOutput:
+    def output_from(self, description: dict) -> OscOutput | None:
+        """One of our outputs, from a snapshot (None: another transport's)."""
+        if description.get("type") != "osc":
+            return None
         return OscOutput(self, self._reply_address(str(description["host"]), int(description["port"])))
 
-    def _status(self, args: list, addr, admin: bool, size: int) -> None:
+    def status(self) -> dict:
+        return {"received": self.received, "rejected": self.rejected, "malformed": self.malformed,
+                "ignored": self.ignored, "errors": self.errors,
+                "errors_suppressed": self.quiet.total_suppressed}
+
+    def _status(self, args: list, addr, origin: Origin, size: int) -> None:
         """/ensemble/status [port | host port | performer]: the server at a glance."""
         target, detail = addr, None
         if len(args) == 1 and isinstance(args[0], int):
             target = self._reply_address(addr[0], args[0])
         elif len(args) == 2:
-            if not admin and args[0] != addr[0]:
+            if not origin.admin and args[0] != addr[0]:
                 raise ControlError("a status for another host is only sent from this machine or the admin networks")
             if not self._numeric(args[0]):
                 raise ControlError(f"status host {args[0]!r} must be a numeric address")
             target = self._reply_address(args[0], args[1])
         elif len(args) == 1:
-            p = self.conductor.authorized(args[0], addr[0], admin)
-            detail = p.id
-            if isinstance(p.output, OscOutput):
+            detail = args[0]
+            p = self.conductor.performers.get(detail)
+            if p is not None and isinstance(p.output, OscOutput):
                 target = p.output.address
-        self.conductor.flush()  # events that came before the request are answered (and counted) before it
-        status = json.dumps(self.conductor.status(detail, addresses=admin), separators=(",", ":"))
+        status = self.conductor.handle(StatusRequest(detail, addresses=origin.admin), origin)
+        status = json.dumps(status, separators=(",", ":"))
         self._reply(target, "/ensemble/status", [status], size)
 
     def _error(self, addr, performer: str | None, address: str, reason: str, size: int = 0) -> None:
         """One log line and one /ensemble/error, both at a bounded rate per source. It goes to
         the sender, or to the performer's reply address when the sender is that performer."""
-        self.conductor.errors += 1
+        self.errors += 1
         key = f"{addr[0]}:{addr[1]}"
         if not self.quiet.warning(key, "%s from %s: %s", address, key, reason):
             return

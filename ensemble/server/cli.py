@@ -33,7 +33,12 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
     set_blas_threads(1)
     loop = asyncio.get_running_loop()
     ckpt = checkpoint.load(cfg.model)
-    conductor = Conductor(ckpt, cfg, loop)
+    m = ckpt.model.config
+    recorder = None
+    if cfg.record:
+        recorder = Recorder(cfg.record, {"model": ckpt.name, "codec": ckpt.codec.describe(),
+                                         "cell": f"{m.layers}x{m.hidden} {m.cell}"}, loop)
+    conductor = Conductor(ckpt, cfg, loop, recorder)
     midi = None
     if cfg.midi.get("inputs") or cfg.midi.get("outputs") or cfg.midi.get("virtual"):
         from ensemble.io.midi import MidiLayer
@@ -46,13 +51,9 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
         raise UserError(f"cannot listen on udp {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
     if midi is not None:
         midi.start()
-        conductor.midi = midi
-    kept = restore_or_keep(conductor, cfg, osc.output_from if midi is None else midi.output_or(osc))
-    if cfg.record:
-        m = ckpt.model.config
-        conductor.recorder = Recorder(cfg.record, {"model": ckpt.name, "codec": ckpt.codec.describe(),
-                                                   "cell": f"{m.layers}x{m.hidden} {m.cell}"}, loop)
-        conductor.recorder.open()
+    kept = restore_or_keep(conductor, cfg)
+    if recorder is not None:
+        recorder.open()
 
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,7 +69,6 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
     gc.freeze()
     info = {"host": host, "port": port, "model": ckpt.name, "codec": ckpt.codec.name,
             "recording": str(conductor.recorder.path) if conductor.recorder else None}
-    m = ckpt.model.config
     print(f"ensemble: ready on udp {host}:{port}, model {ckpt.name} ({ckpt.codec.name} codec, "
           f"{ckpt.codec.vocab_size} tokens, {m.layers}x{m.hidden} {m.cell}, {conductor.engine.kind} engine), "
           f"replies to port {cfg.reply_port}"
@@ -91,7 +91,7 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
     return 0
 
 
-def restore_or_keep(conductor, cfg: ServerConfig, make_output) -> Path | None:
+def restore_or_keep(conductor, cfg: ServerConfig) -> Path | None:
     """--restore brings performers back from the snapshot. A snapshot that is not restored
     (no --restore, unreadable, or restored only in part) is moved aside, never overwritten;
     returns where it went."""
@@ -101,7 +101,7 @@ def restore_or_keep(conductor, cfg: ServerConfig, make_output) -> Path | None:
         return None
     if cfg.restore:
         try:
-            restored, failed = conductor.restore(cfg.snapshot, make_output)
+            restored, failed = conductor.restore(cfg.snapshot)
             log.info("restored %d performer(s) from %s", restored, cfg.snapshot)
         except SnapshotError as exc:
             log.error("%s; starting with no performers", exc)

@@ -35,8 +35,10 @@ from ensemble.engine import Sampler, make_engine
 from ensemble.sampling import SamplingSettings, forbidden_mask
 from ensemble.server import snapshot
 from ensemble.server.config import MODES, ServerConfig
-from ensemble.server.events import EventError, adapter_for
-from ensemble.server.performer import Output, Performer
+from ensemble.messages import (LOCAL, ControlError, Event, EventError, Goodbye, Hello, Origin, Output, Panic,
+                               Play, Reset, SetMode, SetParam, StatusRequest, Transport)
+from ensemble.server.events import adapter_for
+from ensemble.server.performer import Performer
 from ensemble.server.recorder import Recorder
 from ensemble.server.scheduler import HeldNotes, cancel_machine
 
@@ -57,10 +59,6 @@ PARAMETERS = {
 }
 
 
-class ControlError(ValueError):
-    """A control message that cannot be carried out; its text goes into /ensemble/error."""
-
-
 def check_id(performer_id: str) -> str:
     """Performer ids are short printable names; "*" means everyone and "{" starts a status reply."""
     if not isinstance(performer_id, str) or not 1 <= len(performer_id) <= MAX_ID \
@@ -78,7 +76,8 @@ class Pending:
 
 
 class Conductor:
-    def __init__(self, checkpoint, config: ServerConfig, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, checkpoint, config: ServerConfig, loop: asyncio.AbstractEventLoop | None = None,
+                 recorder: Recorder | None = None):
         self.checkpoint = checkpoint
         self.config = config
         self.codec = checkpoint.codec
@@ -93,10 +92,9 @@ class Conductor:
         self.performers: dict[str, Performer] = {}
         self.pending: list[Pending] = []
         self._flush_soon = False
-        self.held = HeldNotes(self.loop, self._send)
-        self.recorder: Recorder | None = None
-        self.midi = None  # the MIDI layer, when one runs
-        self.reply: Callable[[tuple, str, list], None] = lambda addr, address, args: None
+        self.held = HeldNotes(self.loop, self.send)
+        self.recorder = recorder
+        self.transports: list[Transport] = []  # OSC, MIDI, ...: attached by whoever starts them
         self.band = None
         if self.codec.name == "gestures":
             from ensemble.server.band import Band
@@ -106,7 +104,6 @@ class Conductor:
         self.steps = 0
         self.revision = 0  # counts changes, so an unchanged server writes no snapshot
         self.batched_events = 0
-        self.errors = 0
 
     # ------------------------------------------------------------------ performers
 
@@ -166,10 +163,10 @@ class Conductor:
             raise ControlError(f"unknown performer {performer_id!r}: send /ensemble/hello {performer_id} first")
         return p
 
-    def authorized(self, performer_id: str, owner: str | None, admin: bool) -> Performer:
-        """The performer, if `owner` may play or steer them: their own address, or an admin."""
+    def authorized(self, performer_id: str, origin: Origin) -> Performer:
+        """The performer, if `origin` may play or steer them: their own address, or an admin."""
         p = self.get(performer_id)
-        if not admin and p.owner != owner:
+        if not origin.admin and p.owner != origin.owner:
             raise ControlError(f"performer {performer_id!r} belongs to another address")
         return p
 
@@ -253,18 +250,27 @@ class Conductor:
             "steps": self.steps, "events_stepped": self.batched_events, "errors": self.errors,
             "recording": str(self.recorder.path) if self.recorder and self.recorder.path else None,
             "performers_total": len(self.performers), "max_performers": self.config.max_performers,
-            "performers": listed,
-            "midi": self.midi.status() if self.midi else None,
+            "performers": listed, "midi": None,
+            **{t.name: t.status() for t in self.transports},
         }
+
+    @property
+    def errors(self) -> int:
+        """Bad messages, counted by the transports that refused them."""
+        return sum(getattr(t, "errors", 0) for t in self.transports)
+
+    def attach(self, transport: Transport) -> None:
+        """A transport that hands this conductor events (its status shows under its name)."""
+        self.transports.append(transport)
 
     # ------------------------------------------------------------------ events in
 
-    def play(self, performer_id: str, kind: str, values: tuple, source: str = "", owner: str | None = None,
-             admin: bool = True) -> None:
+    def play(self, performer_id: str, kind: str, values: tuple, origin: Origin = LOCAL) -> None:
         """A performer played an event; it is stepped at the next `flush`."""
+        source = origin.source
         p = self.performers.get(performer_id)
-        if p is None or (not admin and p.owner != owner):
-            p = self.authorized(performer_id, owner, admin)  # raises with the reason
+        if p is None or (not origin.admin and p.owner != origin.owner):
+            p = self.authorized(performer_id, origin)  # raises with the reason
         p.panicked = False
         if kind != self.adapter.kind:
             raise EventError(f"this model ({self.codec.name} codec) takes /ensemble/{self.adapter.kind}, "
@@ -392,9 +398,10 @@ class Conductor:
         if event.kind == "note":
             self.held.note(p, *event.values)
         else:
-            self._send(p, event.kind, event.values)
+            self.send(p, event.kind, event.values)
 
-    def _send(self, p: Performer, kind: str, values: tuple) -> None:
+    def send(self, p: Performer, kind: str, values: tuple) -> None:
+        """One event out to the performer's output, numbered and recorded."""
         p.seq += 1
         p.events_out += 1
         p.output.send(p.id, kind, values, p.seq)
@@ -403,51 +410,57 @@ class Conductor:
 
     # ------------------------------------------------------------------ control messages
 
-    def control(self, address: str, args: list, reply_to: tuple | None, source: str,
-                make_output: Callable[[str, list], Output] | None = None, owner: str | None = None,
-                admin: bool = True) -> None:
-        """Carry out one /ensemble/... message; raises EventError/ControlError with the reason.
+    def handle(self, event: Event, origin: Origin = LOCAL):
+        """Carry out one event from a transport; raises EventError/ControlError with the reason.
 
-        `owner` is the sender's address (None for local transports); an `admin` may steer
-        any performer and everyone at once ("*", panic), anyone else only their own."""
-        verb = address.rsplit("/", 1)[-1]
-        if verb in ("note", "touch", "gesture"):
-            self.play(args[0], verb, tuple(args[1:]), source, owner, admin)
-            return
-        self.flush()  # events that came before a control message are answered before it
+        `origin.owner` is bound to a performer id at hello; an `origin.admin` may steer any
+        performer and everyone at once ("*", panic), anyone else only their own. Returns
+        the status for a StatusRequest, else None."""
+        if isinstance(event, Play):
+            self.play(event.performer, event.kind, event.values, origin)
+            return None
+        if not isinstance(event, Hello):  # a hello changes nobody's pending events: they stay batched
+            self.flush()  # events that came before a control message are answered before it
+        if isinstance(event, StatusRequest):
+            if event.performer is not None:
+                self.authorized(event.performer, origin)
+            return self.status(event.performer, event.addresses)
         self.revision += 1
-        everyone = not args or args[0] == "*"
-        if everyone and not admin and verb in ("set", "panic"):
-            raise ControlError(f"{address} for everyone is only taken from this machine or the admin networks")
-        if verb == "hello":
-            if make_output is None:
-                raise ControlError("hello needs a reply address")
-            check_id(args[0])
-            self.hello(args[0], make_output(args[0], args[1:]), source, owner=owner)
-        elif verb == "mode":
-            self.authorized(args[0], owner, admin)
-            self.set_mode(args[0], args[1])
-        elif verb == "set":
-            if args[0] != "*":
-                self.authorized(args[0], owner, admin)
-            self.set_parameter(args[0], args[1], args[2])
-        elif verb == "reset":
-            self.authorized(args[0], owner, admin)
-            self.reset(args[0])
-        elif verb == "goodbye":
-            self.authorized(args[0], owner, admin)
-            self.goodbye(args[0])
-        elif verb == "panic":
-            if not everyone:
-                self.authorized(args[0], owner, admin)
-            self.panic(None if everyone else args[0])
-        elif verb == "status":
-            if reply_to is not None:
-                self.reply(reply_to, "/ensemble/status", [json.dumps(self.status())])
+        if isinstance(event, Hello):
+            self.hello(event.performer, event.output, origin.source, event.mode, origin.owner)
+            kind, values = "hello", [event.output.name]
+        elif isinstance(event, SetMode):
+            self.authorized(event.performer, origin)
+            self.set_mode(event.performer, event.mode)
+            kind, values = "mode", [event.mode]
+        elif isinstance(event, SetParam):
+            if event.performer == "*" and not origin.admin:
+                raise ControlError("set for everyone (*) is only taken from this machine or the admin networks")
+            if event.performer != "*":
+                self.authorized(event.performer, origin)
+            self.set_parameter(event.performer, event.name, event.value)
+            kind, values = "set", [event.name, event.value]
+        elif isinstance(event, Reset):
+            self.authorized(event.performer, origin)
+            self.reset(event.performer)
+            kind, values = "reset", []
+        elif isinstance(event, Goodbye):
+            self.authorized(event.performer, origin)
+            self.goodbye(event.performer)
+            kind, values = "goodbye", []
+        elif isinstance(event, Panic):
+            if event.performer is None and not origin.admin:
+                raise ControlError("panic for everyone is only taken from this machine or the admin networks; "
+                                   "name your performer")
+            if event.performer is not None:
+                self.authorized(event.performer, origin)
+            self.panic(event.performer)
+            kind, values = "panic", []
         else:
-            raise ControlError(f"unknown address {address}")
-        if self.recorder and verb != "status":
-            self.recorder.record("in", args[0] if args else "*", verb, args[1:], source)
+            raise ControlError(f"unknown event {type(event).__name__}")
+        if self.recorder:
+            self.recorder.record("in", getattr(event, "performer", None) or "*", kind, values, origin.source)
+        return None
 
     # ------------------------------------------------------------------ snapshots
 
@@ -473,7 +486,15 @@ class Conductor:
         snapshot.save(path, self.checkpoint.name, performers, arrays)
         return len(performers)
 
-    def restore(self, path, make_output: Callable[[dict], Output]) -> tuple[int, int]:
+    def output_from(self, description: dict) -> Output:
+        """A restored performer's output, rebuilt by the transport that made it."""
+        for t in self.transports:
+            out = t.output_from(description)
+            if out is not None:
+                return out
+        raise ValueError(f"no transport running for output {description.get('name', description)!r}")
+
+    def restore(self, path) -> tuple[int, int]:
         """Bring performers back from a snapshot: (restored, not restored). Each one's output
         first gets all-notes-off (notes sounding at a crash were never ended); numbering goes
         on above anything that could have been sent after a periodic snapshot."""
@@ -484,7 +505,7 @@ class Conductor:
         for info, state in zip(meta["performers"], arrays):
             pid = info.get("id") if isinstance(info, dict) else None
             try:
-                p = self.hello(info["id"], make_output(info["output"]), mode=info["mode"], owner=info.get("owner"))
+                p = self.hello(info["id"], self.output_from(info["output"]), mode=info["mode"], owner=info.get("owner"))
                 self.engine.set_state(p.slot, {k: v for k, v in state.items() if k != "logits"})
                 np.copyto(p.logits, state["logits"], casting="same_kind")
                 for name in PARAMETERS:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ensemble.errors import UserError
 from ensemble.settings import check, setting
 
-MODES = ("listen", "duet", "respond", "auto")
+from ensemble.messages import MODES  # noqa: E402  (re-exported: the CLI and TOML check modes here)
 def _default_model() -> Path:
     """The bundled model: in the source tree (editable installs), else where pip put it."""
     here = Path(__file__).resolve().parents[2] / "models" / "folk-notes"

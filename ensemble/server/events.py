@@ -13,10 +13,7 @@ import math
 from dataclasses import dataclass
 
 from ensemble.errors import UserError
-
-
-class EventError(ValueError):
-    """A message whose values this model cannot take; the text goes into /ensemble/error."""
+from ensemble.messages import EventError  # noqa: F401  (raised here, defined at the boundary)
 
 
 class NotServable(UserError):

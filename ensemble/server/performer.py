@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
+from ensemble.messages import Output
 from ensemble.sampling import SamplingSettings
-
-
-class Output(Protocol):
-    """Where a performer's predictions go: an OSC reply address, a MIDI port and channel."""
-
-    name: str
-
-    def send(self, performer: str, kind: str, values: tuple, seq: int) -> None: ...
 
 
 @dataclass
