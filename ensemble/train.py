@@ -54,6 +54,21 @@ SIZES = {
 }
 
 
+def recorded_settings(cfg: "TrainConfig", model_config) -> dict:
+    """The training settings a model card records: the shape the model really has (a
+    fine-tuned model has its --init-from's shape, whatever --size said) and paths that
+    do not name the machine it was trained on."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    shape = (model_config.layers, model_config.hidden, model_config.embedding)
+    settings["size"] = next((name for name, preset in SIZES.items() if preset == shape), "custom")
+    settings["layers"], settings["hidden"], settings["embedding"] = shape
+    settings["cell"], settings["dropout"] = model_config.cell, model_config.dropout
+    for key in ("data", "out", "init_from"):
+        if settings.get(key):
+            settings[key] = checkpoint.portable_path(settings[key])
+    return settings
+
+
 class TrainError(UserError):
     """A training run that cannot start or go on; one line says why."""
 
@@ -457,18 +472,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         log.debug("saved resumable state at step %d", step)
 
     def meta(metrics: dict) -> dict:
+        settings = recorded_settings(cfg, raw_model.config)
         return {
-            "description": f"A TokenRNN trained by `ensemble train` on {cfg.data}.",
+            "description": f"A TokenRNN trained by `ensemble train` on {settings['data']}.",
             "parameters": n_params,
-            "data": {**corpus.summary, "train_pieces": len(corpus.train), "train_tokens": corpus.train_tokens,
+            "data": {**checkpoint.portable_data(corpus.summary),
+                     "train_pieces": len(corpus.train), "train_tokens": corpus.train_tokens,
                      "val_pieces": len(corpus.val), "val_tokens": corpus.val_tokens,
                      "unigram_entropy_nats": round(baseline, 4)},
             "validation": {**metrics, "step": step},
-            "training": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+            "training": settings,
             "retrain": "ensemble train " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()
-                if v not in (None, False) and k not in ("progress", "out") and not isinstance(v, bool))
-                + f" --out {cfg.out}",
+                f"--{k.replace('_', '-')} {v}" for k, v in settings.items()
+                if v not in (None, False, "custom") and k != "out" and not isinstance(v, bool))
+                + f" --out {settings['out']}",
         }
 
     # -- the loop

@@ -189,3 +189,30 @@ def test_early_stopping_when_validation_stops_improving(tmp_path, periodic_text)
                                steps=1000, seq_len=16, batch=4, eval_every=10, lr=1e-12, min_lr=1e-12,
                                patience=2, progress=False))
     assert result["step"] == 30
+
+
+def test_model_card_records_the_real_shape_and_no_machine_paths(tmp_path, text_run, periodic_text):
+    # a fine-tuned model has its --init-from's shape (here xs), whatever --size said (default m),
+    # and its card names no absolute path of the machine it was trained on
+    out = tmp_path / "tuned"
+    train(TrainConfig(data=str(periodic_text), out=str(out), codec="text", init_from=str(text_run / "best"),
+                      steps=2, seq_len=16, batch=4, eval_every=2, progress=False))
+    config = json.loads((out / "best" / "config.json").read_text())
+    settings = config["training"]
+    assert (settings["size"], settings["layers"], settings["hidden"], settings["embedding"]) == ("xs", 1, 64, 32)
+    assert settings["init_from"] == f"{text_run.name}/best"
+    assert settings["data"] == periodic_text.name and settings["out"] == out.name
+    card = (out / "best" / "README.md").read_text()
+    for text in (json.dumps(config), card):
+        assert str(tmp_path) not in text and str(text_run.parent) not in text and str(periodic_text) not in text
+    assert "- size: xs" in card and "--init-from periodic/best" in card
+
+
+def test_portable_paths():
+    assert checkpoint.portable_path("runs/x/best") == "runs/x/best"
+    assert checkpoint.portable_path("/somewhere/else/models/folk-notes") == "folk-notes"
+    assert checkpoint.portable_path(os.path.join(os.getcwd(), "data", "folk")) == os.path.join("data", "folk")
+    summary = checkpoint.portable_data({"corpus": "/home/me/data/x", "sources": ["/home/me/midi", "music21:folk"],
+                                        "description": "notes tokens of /home/me/midi, music21:folk"})
+    assert summary == {"corpus": "x", "sources": ["midi", "music21:folk"],
+                       "description": "notes tokens of midi, music21:folk"}
