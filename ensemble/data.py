@@ -12,6 +12,7 @@ measures music the model has never seen any part of; it is reproducible from the
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,28 @@ def write_prepared(folder, codec, pieces: list[Piece], skipped=(), val_fraction=
     atomic_write(folder / TOKENS, lambda f: np.save(f, tokens.astype(np.int32)))
     atomic_write(folder / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode() + b"\n"))
     return manifest
+
+
+def require_exists(path) -> Path:
+    """`path`, or a DataError naming it and the closest existing name beside it.
+
+    A typo in --data used to surface as an unrelated complaint ("a raw file needs
+    --codec text"); a path that is not there is said to be not there."""
+    path = Path(path)
+    if path.exists():
+        return path
+    message = f"no such file or folder: {path}"
+    parent = path.parent
+    try:
+        names = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+    except OSError:
+        names = []
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    if close:
+        message += f" (did you mean {parent / close[0] if str(parent) != '.' else close[0]}?)"
+    elif not parent.exists():
+        message += f" (there is no folder {parent})"
+    raise DataError(message)
 
 
 def is_prepared(folder) -> bool:

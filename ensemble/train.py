@@ -220,7 +220,7 @@ class StreamBatcher:
 
 def load_corpus(cfg: TrainConfig) -> data.Corpus:
     """A prepared corpus folder, or (with --codec text) a raw text file."""
-    path = Path(cfg.data)
+    path = data.require_exists(cfg.data)
     if data.is_prepared(path):
         corpus = data.load_prepared(path)
         if cfg.codec and corpus.codec.name != cfg.codec:

@@ -216,3 +216,19 @@ def test_portable_paths():
                                         "description": "notes tokens of /home/me/midi, music21:folk"})
     assert summary == {"corpus": "x", "sources": ["midi", "music21:folk"],
                        "description": "notes tokens of midi, music21:folk"}
+
+
+def test_a_typo_in_data_says_no_such_file_and_the_closest_name(tmp_path, capsys, monkeypatch):
+    from ensemble.cli import main
+
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+    (tmp_path / "data" / "oneills-chars").mkdir(parents=True)
+    (tmp_path / "data" / "folk-abc").mkdir()
+    assert main(["train", "--data", "data/oneills-char", "--out", "runs/x", "--no-progress"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "ensemble train: error: no such file or folder: data/oneills-char (did you mean data/oneills-chars?)"]
+    assert main(["train", "--codec", "text", "--data", "data/nothing-like-it", "--out", "runs/x"]) == 1
+    assert capsys.readouterr().err.strip() == "ensemble train: error: no such file or folder: data/nothing-like-it"
+    assert main(["train", "--data", "dta/oneills-chars", "--out", "runs/x"]) == 1
+    assert "no such file or folder: dta/oneills-chars (there is no folder dta)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
