@@ -3,7 +3,8 @@
 The model is primed by feeding the prime's tokens through it (the state then holds
 the prime's "style"), and the continuation is sampled token by token with
 temperature / top-k / top-p; greedy decoding only with --greedy. What a prime is and
-where the output goes depends on the codec: text and ABC are read from --prime and
+where the output goes depends on the codec: text and ABC primes are the --prime text
+itself, or the file it names when one exists (ABC: one tune of it), and the output is
 printed; MIDI codecs (`notes`, `performance`) read a .mid prime and write --out FILE.mid.
 """
 
@@ -22,8 +23,6 @@ from ensemble.midifile import read_midi
 from ensemble.sampling import SamplingSettings, forbidden_mask, sample
 
 MIDI_CODECS = ("notes", "performance")
-
-
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
 FILE_SUFFIXES = (".abc", ".txt", *MIDI_SUFFIXES)
 
@@ -49,7 +48,10 @@ def prime_text(codec, prime: str | None, tune: str | None = None) -> str | None:
             raise UserError(f"--prime {prime}: cannot read ({exc.strerror or exc})") from None
         if b"\0" in raw:
             raise UserError(f"--prime {prime}: binary data, not {'ABC' if codec.name == 'abc' else 'text'}")
-        text = raw.decode("utf-8", errors="replace")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")  # older ABC collections are Latin-1 (as in `prepare`)
     elif suffix in FILE_SUFFIXES and not any(c.isspace() for c in prime):
         raise UserError(f"--prime {prime}: no such file (a --prime that names no file is used as the "
                         "text itself; this one looks like a file name)")
@@ -86,6 +88,8 @@ def prime_tokens(codec, prime: str | None, tune: str | None = None) -> list[int]
     if not prime:
         return []
     if codec.name in MIDI_CODECS:
+        if tune is not None:
+            raise UserError(f"--tune is for ABC models; this is {a_or_an(codec.name)} model")
         midi = read_midi(prime, "--prime")
         return list(codec.encode(midi) if codec.name == "performance" else codec.encode_midi(midi))
     prime = prime_text(codec, prime, tune)

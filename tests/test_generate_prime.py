@@ -107,3 +107,11 @@ def test_help_says_how_text_and_files_are_told_apart(capsys):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "names an existing file" in text and "--tune" in text
+
+
+def test_latin1_abc_file_is_read_as_prepare_reads_it(capsys, tmp_path):
+    path = tmp_path / "old.abc"
+    path.write_bytes("X:1\nT:Caf\xe9\nM:2/4\nL:1/8\nK:G\nGABc|\n".encode("latin-1"))
+    code, out, err = generate(capsys, "--model", FOLK_ABC, "--prime", path, "--length", 0)
+    assert code == 0, err
+    assert "GABc |" in out
