@@ -263,31 +263,36 @@ def _read_abc(source: Source) -> Iterator[Item]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")  # older ABC collections are Latin-1
+    for number, tune in abc_tunes(text):
+        yield Item(f"{source.label}#X{number}", "abc", tune)
+
+
+def abc_tunes(text: str) -> list[tuple[str, str]]:
+    """The tunes of an ABC file's text as (X: number, tune text), each tune carrying the
+    file header's M: and L: (which hold for every tune of the file); raises `Skip`."""
     tunes = split_tunes(text)
     if not tunes:
         if any(line.startswith("K:") for line in text.splitlines()):
             tunes = [("1", text)]  # one tune without an X: line
         else:
             raise Skip("no ABC tunes (no X: or K: lines)")
-    # M: and L: in the file header (before the first X:) hold for every tune of the file
     first = re.search(r"^X:", text, re.MULTILINE)
     preamble = text[:first.start()] if first else ""
     defaults = "".join(line + "\n" for line in preamble.splitlines() if line[:2] in ("M:", "L:"))
-    for number, tune in tunes:
-        yield Item(f"{source.label}#X{number}", "abc", defaults + tune)
+    return [(number, defaults + tune) for number, tune in tunes]
 
 
 def _read_midi(path: Path) -> list:
     import mido
 
     from ensemble.codecs.midi_notes import notes_from_midi
+    from ensemble.midifile import unreadable_reason
 
     try:
         midi = mido.MidiFile(str(path))
         notes = notes_from_midi(midi)
     except Exception as exc:  # mido raises many kinds on a damaged file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise Skip(f"not a readable MIDI file ({reason})") from None
+        raise Skip(f"not a readable MIDI file ({unreadable_reason(path, exc)})") from None
     if not notes:
         raise Skip("MIDI file without notes")
     return notes

@@ -147,14 +147,10 @@ def notes_of(path) -> list[tuple[str, float, float, int, int]]:
     """(voice, start, end, pitch, velocity) from a MIDI file or a session log."""
     path = Path(path)
     if path.suffix.lower() in (".mid", ".midi"):
-        import mido
-
         from ensemble.codecs.midi_notes import notes_from_midi
+        from ensemble.midifile import read_midi
 
-        try:
-            midi = mido.MidiFile(path)
-        except (OSError, EOFError, ValueError, KeyError, IndexError) as exc:
-            raise UserError(f"{path}: not a readable MIDI file ({exc})") from None
+        midi = read_midi(path)
         return [("notes", n.start, n.end, n.pitch, n.velocity) for n in notes_from_midi(midi)]
     from ensemble.server.recorder import read_session
 

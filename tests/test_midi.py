@@ -439,12 +439,14 @@ def test_a_port_that_is_not_there_yet_is_opened_when_it_appears(notes_model):
 # ----------------------------------------------------------------------------- no MIDI, other codecs
 
 
-def test_without_a_midi_system_osc_keeps_working(notes_model, tmp_path, caplog):
-    """ALSA without /dev/snd (or an API not compiled in): one clear log line, and OSC still answers."""
+def test_without_a_midi_system_osc_keeps_working_when_midi_is_optional(notes_model, tmp_path, caplog):
+    """ALSA without /dev/snd (or an API not compiled in), [midi] optional = true: one clear
+    log line, and OSC still answers. (Without `optional` the server refuses to start:
+    test_midi_unavailable.py.)"""
     caplog.set_level(logging.ERROR, logger="ensemble.midi")
     api = "alsa" if not Path("/dev/snd/seq").exists() else "coremidi"  # coremidi: never compiled in on Linux
     cfg = ServerConfig(model=str(notes_model), port=0, record="", snapshot="", default_mode="duet",
-                       midi={"inputs": ["keys"], "api": api})
+                       midi={"inputs": ["keys"], "api": api, "optional": True})
     with ServerThread(cfg) as server:
         peer = OscPeer(server.port)
         peer.send("/ensemble/hello", "osc-player", "127.0.0.1", peer.port)

@@ -208,7 +208,8 @@ def split_tunes(text: str) -> list[tuple[str, str]]:
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else len(text)
         chunk = text[start:end]
-        number = chunk[2:chunk.find("\n") if "\n" in chunk else len(chunk)].strip()
+        line = chunk[2:chunk.find("\n") if "\n" in chunk else len(chunk)]
+        number = line.split("%", 1)[0].strip()  # `X:1   % tune no 1`: the comment is no part of it
         out.append((number, chunk))
     return out
 

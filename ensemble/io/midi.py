@@ -28,6 +28,7 @@ Settings: the ``[midi]`` table of ``--config FILE.toml`` (command-line options w
                                 # (each message sent explains one echo); 0: nothing echoes here
     poll_s = 2.0                # seconds between checks for ports that vanished or came back
     mode = "respond"            # mode of new MIDI performers (default: the server's --mode)
+    optional = false            # no MIDI system: serve OSC only instead of failing (--midi-optional)
 
     [midi.performers]           # optional; channels are 1..16 everywhere
     "1" = "alice"               # channel 1 of every input port is the performer "alice"
@@ -61,9 +62,13 @@ Never a hanging note: the conductor's `HeldNotes` ends every predicted note (its
 note-off, the length cap, all-off on mode change, reset, panic and shutdown); `close()`
 also sends All Notes Off (CC 123) on every channel the server played on.
 
-Ports that vanish (a cable pulled) are reported and reopened when they come back; no
-MIDI system at all (ALSA without a device, JACK not running) is one log line and the
-server goes on with OSC only.
+Ports that vanish (a cable pulled) are reported and reopened when they come back. No
+MIDI system at all (ALSA without a device, JACK not running) when MIDI was asked for is
+one error line saying what is missing and how to get it, and the server does not start;
+with ``optional = true`` (--midi-optional) it is one log line and the server goes on
+with OSC only. ALSA and JACK print their own complaints straight to file descriptor 2
+while rtmidi probes them; that noise is kept off the terminal (`c_stderr_captured`) and
+logged at debug level.
 """
 
 from __future__ import annotations
@@ -71,7 +76,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
+import os
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -94,7 +103,7 @@ API_ALIASES = {
 }
 RTMIDI = "mido.backends.rtmidi"
 KNOWN_KEYS = {"inputs", "outputs", "virtual", "api", "thru", "feedback_ms", "poll_s", "mode",
-              "performers", "controls"}
+              "performers", "controls", "optional"}
 CONTROL_ACTIONS = ("temperature", "top_p", "threshold", "mode", "reset", "panic")
 CHANNEL_MESSAGES = {"note_on", "note_off", "control_change", "pitchwheel", "aftertouch",
                     "polytouch", "program_change"}
@@ -103,6 +112,46 @@ ALL_NOTES_OFF = 123
 
 class MidiUnavailable(OSError):
     """No MIDI system to talk to (no ALSA device, JACK not running, API not compiled in)."""
+
+
+# what each rtmidi API needs, said the way a user can act on it
+MISSING = {
+    "LINUX_ALSA": "no ALSA sequencer (/dev/snd/seq)",
+    "UNIX_JACK": "no JACK server running",
+}
+HOW_TO_GET_MIDI = {
+    "linux": "start JACK (without a sound card: `jackd -d dummy &`) and give --midi-api jack",
+    "darwin": "check that CoreMIDI is available to this process",
+    "win32": "check that a Windows MIDI driver is installed",
+}
+
+
+def how_to_get_midi() -> str:
+    return HOW_TO_GET_MIDI.get(sys.platform, "install and start a MIDI system that python-rtmidi supports")
+
+
+@contextlib.contextmanager
+def c_stderr_captured():
+    """Capture what C libraries write straight to file descriptor 2 (ALSA's
+    "ALSA lib seq_hw.c:...", JACK's "Cannot connect to server socket ...") while the
+    block runs; yields a list that holds those lines afterwards. Python's own
+    sys.stderr is flushed first, so nothing of ours is lost or reordered."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no fd 2 to redirect (embedded, closed): nothing to silence
+        yield lines
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += [line for line in sink.read().decode(errors="replace").splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------- settings
@@ -130,6 +179,7 @@ class MidiSettings:
     mode: str | None = None
     performers: dict = field(default_factory=dict)
     controls: dict[int, str] = field(default_factory=dict)  # CC number -> action
+    optional: bool = False  # no MIDI system: go on with OSC only instead of failing
 
     @property
     def all_inputs(self) -> list[str]:
@@ -171,10 +221,10 @@ def parse_settings(table: dict | None) -> MidiSettings:
     s = MidiSettings()
     s.inputs = _names(table.get("inputs", []), "inputs")
     s.outputs = _names(table.get("outputs", []), "outputs")
-    for key in ("virtual", "thru"):
+    for key in ("virtual", "thru", "optional"):
         if not isinstance(table.get(key, False), bool):
             raise UserError(f"[midi] {key} must be true or false, got {table[key]!r}")
-    s.virtual, s.thru = table.get("virtual", False), table.get("thru", False)
+    s.virtual, s.thru, s.optional = table.get("virtual", False), table.get("thru", False), table.get("optional", False)
     api = table.get("api")
     if api is not None and (not isinstance(api, str) or not api):
         raise UserError(f"[midi] api must be a name such as 'alsa' or 'jack', got {api!r}")
@@ -277,6 +327,7 @@ class RtMidiBackend:
             module, api = env.name, env.api
         self.module = module
         self.backend = mido.Backend(module, api=api or None)
+        self._scanners = None
         if module != RTMIDI:  # another mido backend: its own listing
             try:
                 self.backend.load()
@@ -298,22 +349,28 @@ class RtMidiBackend:
             names = {v: n for n, v in by_name.items()}
             candidates = [names[a] for a in rtmidi.get_compiled_api() if names.get(a) not in (None, "RTMIDI_DUMMY")]
         errors = []
-        for candidate in candidates:
-            rtapi = by_name[candidate]
-            try:
-                scan_in = rtmidi.MidiIn(rtapi=rtapi, name=f"{CLIENT_NAME}-ports")
-                scan_out = rtmidi.MidiOut(rtapi=rtapi, name=f"{CLIENT_NAME}-ports")
-                scan_in.get_ports()
-                scan_out.get_ports()
-            except (rtmidi.RtMidiError, OSError, RuntimeError) as exc:
-                errors.append(f"{candidate}: {exc}")
-                continue
-            current = scan_in.get_current_api()
-            self.api = next(n for n, v in by_name.items() if v == current and n != "UNSPECIFIED")
-            self.backend = mido.Backend(RTMIDI, api=self.api)
-            self._scanners = (scan_in, scan_out)
-            return
-        raise MidiUnavailable("; ".join(errors))
+        with c_stderr_captured() as noise:  # ALSA and JACK complain on fd 2 as they fail
+            for candidate in candidates:
+                rtapi = by_name[candidate]
+                scan_in = scan_out = None
+                try:
+                    scan_in = rtmidi.MidiIn(rtapi=rtapi, name=f"{CLIENT_NAME}-ports")
+                    scan_out = rtmidi.MidiOut(rtapi=rtapi, name=f"{CLIENT_NAME}-ports")
+                    scan_in.get_ports()
+                    scan_out.get_ports()
+                except (rtmidi.RtMidiError, OSError, RuntimeError) as exc:
+                    errors.append(MISSING.get(candidate, f"{candidate}: {exc}"))
+                    del scan_in, scan_out  # JACK's destructors print too: let them, while captured
+                    continue
+                current = scan_in.get_current_api()
+                self.api = next(n for n, v in by_name.items() if v == current and n != "UNSPECIFIED")
+                self.backend = mido.Backend(RTMIDI, api=self.api)
+                self._scanners = (scan_in, scan_out)
+                break
+        for line in noise:
+            log.debug("MIDI library: %s", line)
+        if self._scanners is None:
+            raise MidiUnavailable(" and ".join(errors))
 
     def input_names(self) -> list[str]:
         if self._scanners is None:
@@ -439,22 +496,21 @@ class MidiLayer:
     # ------------------------------------------------------------------ ports
 
     def start(self) -> bool:
-        """Open the ports found now and keep watching for the rest; False if there is no MIDI."""
+        """Open the ports found now and keep watching for the rest. No MIDI system: a
+        UserError saying what is missing, or (with `optional`) False and one log line."""
         if self.backend is None:
             try:
                 self.backend = RtMidiBackend(self.settings.api)
             except MidiUnavailable as exc:
-                log.error("MIDI is not available (%s): serving OSC only", exc)
-                return False
+                return self._unavailable(str(exc))
         self.available = True
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ensemble-midi")
         api = getattr(self.backend, "api", type(self.backend).__name__)
         try:
             ins, outs = self.backend.input_names(), self.backend.output_names()
         except (OSError, RuntimeError) as exc:
-            log.error("MIDI (%s): cannot list ports (%s): serving OSC only", api, exc)
             self.available = False
-            return False
+            return self._unavailable(f"{api} cannot list its ports: {exc}")
         for slot in self.slots:
             name = slot.pattern if slot.virtual else self._match(slot, ins if slot.direction == "in" else outs)
             if name is None:
@@ -469,6 +525,13 @@ class MidiLayer:
                  ", thru" if self.settings.thru else "")
         self._timer = self.loop.call_later(self.settings.poll_s, self._poll)
         return True
+
+    def _unavailable(self, what: str) -> bool:
+        if self.settings.optional:
+            log.error("MIDI is not available (%s): serving OSC only (MIDI is optional)", what)
+            return False
+        raise UserError(f"MIDI was asked for but is not available ({what}): {how_to_get_midi()}; "
+                        "or give --midi-optional ([midi] optional = true) to serve OSC only")
 
     def _match(self, slot: PortSlot, names: list[str]) -> str | None:
         # our own virtual ports are never taken for someone else's

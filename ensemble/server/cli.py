@@ -50,7 +50,11 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
     except OSError as exc:
         raise UserError(f"cannot listen on udp {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
     if midi is not None:
-        midi.start()
+        try:
+            midi.start()  # no MIDI system: a UserError, unless [midi] optional
+        except UserError:
+            osc.close()
+            raise
     kept = restore_or_keep(conductor, cfg)
     if recorder is not None:
         recorder.open()
@@ -196,6 +200,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--midi-virtual", action="store_true", help="open virtual ports 'ensemble in' / 'ensemble out'")
     p.add_argument("--midi-api", help="rtmidi API: alsa, jack, coremidi, ... (MIDO_BACKEND is honoured too)")
     p.add_argument("--thru", action="store_true", default=None, help="MIDI: forward the player's input to the output")
+    p.add_argument("--midi-optional", action="store_true",
+                   help="when MIDI was asked for but there is no MIDI system, serve OSC only instead of failing")
     p.set_defaults(func=run)
 
 
@@ -217,6 +223,8 @@ def run(args) -> int:
         midi["virtual"] = True
     if args.thru is not None:
         midi["thru"] = True
+    if args.midi_optional:
+        midi["optional"] = True
     cli["midi"] = midi
     cli["log_level"] = args.log_level
     cfg = make_config(file_values, cli)
