@@ -18,7 +18,7 @@ from ensemble import checkpoint
 from ensemble.engine import Sampler
 from ensemble.sampling import SamplingSettings
 from ensemble.server.config import ServerConfig
-from ensemble.server.recorder import read_session
+from ensemble.session_log import read_session
 from oscpeer import OscPeer, ServerThread, start_server_process
 
 SEED = 1234
