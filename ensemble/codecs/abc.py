@@ -590,10 +590,6 @@ class AbcCodec:
 
     # -------------------------------------------------------------- encode
 
-    def tokenize(self, text: str, errors: str = "drop") -> list[str]:
-        """ABC text -> token strings (see `encode`)."""
-        return self.encode_report(text, errors)[0]
-
     def encode_report(self, text: str, errors: str = "drop") -> tuple[list[str], Counter]:
         """ABC text -> (token strings, counts of what was dropped by kind)."""
         if errors not in ("drop", "strict"):
