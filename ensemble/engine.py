@@ -49,7 +49,7 @@ from typing import Sequence
 import numpy as np
 
 from ensemble.model import TokenRNN
-from ensemble.sampling import SamplingSettings, sample
+from ensemble.sampling import Sampler, SamplingSettings, sample  # noqa: F401 - Sampler lives on here for callers
 
 KINDS = ("numpy", "torch")
 
@@ -589,122 +589,6 @@ def make_engine(model: TokenRNN, kind: str = "numpy", slots: int = 16) -> Engine
     if kind == "torch":
         return TorchEngine(model, slots)
     raise ValueError(f"engine kind must be one of {', '.join(KINDS)}, got {kind!r}")
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-class Sampler:
-    """`ensemble.sampling.sample` for one model's logits, with preallocated buffers.
-
-    Same arguments, same result for the same rng state, and the rng advances the same
-    way (tested): the float64 arithmetic is the same numpy kernels in the same order,
-    into reused buffers. Three steps that do no arithmetic, or the same sequential
-    arithmetic, run in torch, where they are 2-4x faster on these machines: the top-k
-    threshold (`topk`'s k-th value is the value np.partition finds), the cumulative
-    sum (torch's CPU cumsum adds sequentially in float64, like numpy's) and the count
-    of cumulative sums <= u (a `searchsorted` on the non-decreasing sums counts the
-    same entries). top-p falls back to `sample` itself.
-    """
-
-    def __init__(self, vocab_size: int, max_batch: int = 16):
-        self.vocab_size = vocab_size
-        self._grow(max_batch)
-
-    def _grow(self, batch: int) -> None:
-        import torch
-
-        self.max_batch = batch
-        self._z = np.empty((batch, self.vocab_size))
-        self._cum = np.empty((batch, self.vocab_size))
-        self._below = np.empty((batch, self.vocab_size), dtype=bool)
-        self._u = np.empty((batch, 1))
-        self._torch = {}  # B -> torch views of the buffers' first B rows
-        for B in range(1, batch + 1):
-            self._torch[B] = (torch.from_numpy(self._z[:B]), torch.from_numpy(self._cum[:B]),
-                              torch.from_numpy(self._u[:B]))
-        self._torch_row = (torch.from_numpy(self._z[0]), torch.from_numpy(self._cum[0]))
-
-    def __call__(self, logits: np.ndarray, settings: SamplingSettings, rng: np.random.Generator,
-                 mask: np.ndarray | None = None):
-        logits = np.asarray(logits)
-        if settings.top_p < 1.0 or logits.ndim not in (1, 2) or logits.shape[-1] != self.vocab_size:
-            return sample(logits, settings, rng, mask)
-        if mask is not None:
-            mask = np.asarray(mask, dtype=bool)
-        if logits.ndim == 1:
-            return self._one(logits, settings, rng, mask)
-        if logits.shape[0] == 1 and (mask is None or mask.ndim == 1 or mask.shape[0] == 1):
-            # rng.random() draws what rng.random((1, 1)) would
-            row_mask = None if mask is None else mask.reshape(-1)
-            return np.array([self._one(logits[0], settings, rng, row_mask)], dtype=np.intp)
-        return self._many(logits, settings, rng, mask)
-
-    def _one(self, logits, settings, rng, mask) -> int:
-        import torch
-
-        z, cum, V = self._z[0], self._cum[0], self.vocab_size
-        np.copyto(z, logits)
-        if mask is not None:
-            if mask.ndim != 1:
-                return int(sample(logits, settings, rng, mask))
-            if mask.all():
-                raise ValueError("every token is forbidden by the mask")
-            np.copyto(z, -np.inf, where=mask)
-        if settings.greedy:
-            return int(z.argmax())
-        if settings.temperature != 1.0:  # x / 1.0 == x exactly
-            np.divide(z, settings.temperature, out=z)
-        k = settings.top_k
-        if 0 < k < V:  # the k-th largest value, as np.partition(z, -k)[-k] finds it
-            kth = float(torch.topk(self._torch_row[0], k).values[-1])
-            below = self._below[0]
-            np.less(z, kth, out=below)
-            np.copyto(z, -np.inf, where=below)
-        np.subtract(z, z.max(), out=z)
-        np.exp(z, out=z)
-        np.divide(z, z.sum(), out=z)
-        tz, tcum = self._torch_row
-        torch.cumsum(tz, 0, out=tcum)
-        u = rng.random() * cum[-1]
-        choice = min(int(cum.searchsorted(u, "right")), V - 1)
-        if z[choice] == 0:  # never land on a zero-probability token through rounding
-            choice = int(z.argmax())
-        return choice
-
-    def _many(self, logits, settings, rng, mask) -> np.ndarray:
-        import torch
-
-        B, V = logits.shape
-        if B > self.max_batch:
-            self._grow(B)
-        z, cum = self._z[:B], self._cum[:B]
-        np.copyto(z, logits)
-        if mask is not None:
-            if np.any(np.all(mask, axis=-1)):
-                raise ValueError("every token is forbidden by the mask")
-            np.copyto(z, -np.inf, where=mask)
-        if settings.greedy:
-            return np.argmax(z, axis=1)
-        if settings.temperature != 1.0:
-            np.divide(z, settings.temperature, out=z)
-        k = settings.top_k
-        tz, tcum, tu = self._torch[B]
-        if 0 < k < V:
-            kth = torch.topk(tz, k, dim=1).values[:, -1:].numpy()
-            below = self._below[:B]
-            np.less(z, kth, out=below)
-            np.copyto(z, -np.inf, where=below)
-        np.subtract(z, z.max(axis=1, keepdims=True), out=z)
-        np.exp(z, out=z)
-        np.divide(z, z.sum(axis=1, keepdims=True), out=z)
-        torch.cumsum(tz, 1, out=tcum)
-        np.multiply(rng.random((B, 1)), cum[:, -1:], out=self._u[:B])
-        choice = torch.searchsorted(tcum, tu, right=True).numpy()[:, 0]
-        np.minimum(choice, V - 1, out=choice)
-        for row in np.flatnonzero(z[np.arange(B), choice] == 0):
-            choice[row] = int(np.argmax(z[row]))
-        return choice
 
 
 # ------------------------------------------------------------------- numpy's BLAS threads

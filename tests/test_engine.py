@@ -220,55 +220,7 @@ def test_engines_run_private_eval_copies():
 
 
 # ----------------------------------------------------------------------------- sampling
-
-SETTINGS = [
-    SamplingSettings(),
-    SamplingSettings(temperature=0.7),
-    SamplingSettings(temperature=1.3, top_k=5),
-    SamplingSettings(top_k=1),
-    SamplingSettings(greedy=True),
-    SamplingSettings(top_p=0.8),  # falls back to sample itself
-]
-
-
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"t{s.temperature}-k{s.top_k}-p{s.top_p}-g{s.greedy}")
-def test_sampler_draws_exactly_what_sample_draws(settings):
-    vocab = 60
-    gen = np.random.default_rng(11)
-    sampler = Sampler(vocab, max_batch=2)
-    mask = forbidden_mask(vocab, [0, 3, 59])
-    cases = [
-        gen.normal(size=vocab).astype(np.float32),
-        (gen.normal(size=(1, vocab)) * 40).astype(np.float32),  # underflowing probabilities
-        np.round(gen.normal(size=(5, vocab)), 1),                # ties, float64, grows the buffers
-        gen.normal(size=(3, vocab)).astype(np.float32),
-    ]
-    for logits in cases:
-        for m in (None, mask, np.broadcast_to(mask, logits.shape)):
-            ra, rb = np.random.default_rng(5), np.random.default_rng(5)
-            for _ in range(40):
-                want = sample(logits, settings, ra, m)
-                got = sampler(logits, settings, rb, m)
-                assert type(got) is type(want)
-                np.testing.assert_array_equal(got, want)
-                if isinstance(want, np.ndarray):
-                    assert got.dtype == want.dtype
-            assert ra.bit_generator.state == rb.bit_generator.state
-    with pytest.raises(ValueError):
-        sampler(cases[0], settings, np.random.default_rng(0), np.ones(vocab, dtype=bool))
-
-
-@pytest.mark.parametrize("shape", [(3660,), (1, 11264), (16, 3660)])
-def test_sampler_identical_on_large_vocabularies(shape):
-    vocab = shape[-1]
-    sampler = Sampler(vocab, max_batch=16)
-    gen = np.random.default_rng(len(shape))
-    for settings in (SamplingSettings(), SamplingSettings(temperature=0.8, top_k=40)):
-        ra, rb = np.random.default_rng(3), np.random.default_rng(3)
-        for _ in range(15):
-            logits = (gen.normal(size=shape) * gen.uniform(0.5, 8)).astype(np.float32)
-            np.testing.assert_array_equal(sampler(logits, settings, rb), sample(logits, settings, ra))
-        assert ra.bit_generator.state == rb.bit_generator.state
+# (the Sampler's own tests, exactness and distribution, are in test_sampling.py)
 
 
 def test_sampler_on_engine_logits_feeds_back():
