@@ -16,7 +16,9 @@ numpy, which on these small CPUs is several times faster per event than torch ea
 - **Sampler**: `ensemble.sampling.sample` with preallocated buffers; exactly the same
   draws (same settings, same rng consumption, same tokens) at about half the cost.
 
-`make_engine(model, kind="numpy", slots=16)` builds either engine.
+`make_engine(model, kind="numpy", slots=16)` builds either engine, from a torch TokenRNN
+or from a `ModelWeights` (numpy arrays, what `checkpoint.load_live` gives the server):
+this module imports no torch; only the torch engine does, when it is built.
 
 How the numpy step is laid out
 ------------------------------
@@ -43,15 +45,23 @@ in the h rows, n_h with zeros in the x rows) of the same single matmul.
 
 from __future__ import annotations
 
-import copy
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
-from ensemble.model import TokenRNN
+from ensemble.model_types import TOKEN_RNN, ModelWeights
 from ensemble.sampling import Sampler, SamplingSettings, sample  # noqa: F401 - Sampler lives on here for callers
 
+if TYPE_CHECKING:
+    from ensemble.model import TokenRNN
+
 KINDS = ("numpy", "torch")
+AnyModel = Union["TokenRNN", ModelWeights]
+
+
+def as_weights(model: AnyModel) -> ModelWeights:
+    """numpy weights of a torch TokenRNN (copied) or of a ModelWeights (as they are)."""
+    return model if isinstance(model, ModelWeights) else ModelWeights.from_torch(model)
 
 # Batches up to this size are stepped one slot at a time (matrix-vector products);
 # larger ones as one matrix product. On the 2-core EPYC machines with OpenBLAS, small-M
@@ -282,7 +292,7 @@ class Engine:
 
     kind = "?"
 
-    def __init__(self, model: TokenRNN, bank):
+    def __init__(self, model: AnyModel, bank):
         self.config = model.config
         self.vocab_size = model.config.vocab_size
         self.bank = bank
@@ -343,14 +353,14 @@ class Engine:
         return self.step([slot], [token])[0]
 
 
-def _fused_layers(model: TokenRNN) -> list[tuple[np.ndarray, np.ndarray]]:
+def _fused_layers(weights: ModelWeights) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per layer: the fused gate matrix M (in + hidden, G*hidden) and bias (G*hidden,),
     float64, gate columns in engine order and sigmoid gates pre-scaled by 1/2."""
-    cfg = model.config
+    cfg = weights.config
     H = cfg.hidden
     out = []
     for layer in range(cfg.layers):
-        w_ih, w_hh, b_ih, b_hh = (getattr(model.rnn, f"{name}_l{layer}").detach().cpu().double().numpy()
+        w_ih, w_hh, b_ih, b_hh = (np.asarray(weights.arrays[f"rnn.{name}_l{layer}"], dtype=np.float64)
                                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
         n_in = w_ih.shape[1]
         if cfg.cell == "rnn":
@@ -389,15 +399,16 @@ class NumpyEngine(Engine):
 
     kind = "numpy"
 
-    def __init__(self, model: TokenRNN, slots: int = 16):
-        cfg = model.config
-        super().__init__(model, StateBank(cfg.layers, cfg.hidden, cfg.cell == "lstm", slots, cfg.embedding))
+    def __init__(self, model: AnyModel, slots: int = 16):
+        weights = as_weights(model)
+        cfg = weights.config
+        super().__init__(weights, StateBank(cfg.layers, cfg.hidden, cfg.cell == "lstm", slots, cfg.embedding))
         self.cell, self.layers, self.hidden = cfg.cell, cfg.layers, cfg.hidden
         E, H, L = cfg.embedding, cfg.hidden, cfg.layers
         f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
-        self.embedding = np.array(model.embed.weight.detach().cpu().numpy(), dtype=np.float32)  # a copy
+        self.embedding = np.array(weights.arrays["embed.weight"], dtype=np.float32)  # a copy
         self.weights, self.biases = [], []
-        for layer, (M, b) in enumerate(_fused_layers(model)):
+        for layer, (M, b) in enumerate(_fused_layers(weights)):
             pad = ((0, 0), (0, padded_width(M.shape[1]) - M.shape[1]))  # zero columns: gates that stay 0
             if layer == 0:  # input [1, x, h_0]: the bias is the first weight row
                 self.weights.append(f32(np.pad(np.concatenate([b[None, :], M], axis=0), pad)))
@@ -405,8 +416,8 @@ class NumpyEngine(Engine):
             else:
                 self.weights.append(f32(np.pad(M, pad)))
                 self.biases.append(f32(np.pad(b, pad[1])))
-        head_w = model.head.weight.detach().cpu().double().numpy()
-        head_b = model.head.bias.detach().cpu().double().numpy()
+        head_w = np.asarray(weights.arrays["head.weight"], dtype=np.float64)
+        head_b = np.asarray(weights.arrays["head.bias"], dtype=np.float64)
         head = np.concatenate([head_w.T, head_b[None, :]], axis=0)  # input [h_{L-1}, 1]
         self.head = f32(np.pad(head, ((0, 0), (0, padded_width(self.vocab_size) - self.vocab_size))))
         self.gate_width = self.weights[0].shape[1]
@@ -546,12 +557,17 @@ class TorchEngine(Engine):
 
     kind = "torch"
 
-    def __init__(self, model: TokenRNN, slots: int = 16):
+    def __init__(self, model: AnyModel, slots: int = 16):
+        import copy
+
         import torch
 
         cfg = model.config
         super().__init__(model, TorchStateBank(cfg.layers, cfg.hidden, cfg.cell == "lstm", slots))
-        self.model = copy.deepcopy(model).to("cpu", torch.float32).eval()
+        if isinstance(model, ModelWeights):
+            self.model = model.to_torch()
+        else:
+            self.model = copy.deepcopy(model).to("cpu", torch.float32).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -582,81 +598,39 @@ class TorchEngine(Engine):
         return logits.numpy()
 
 
-def make_engine(model: TokenRNN, kind: str = "numpy", slots: int = 16) -> Engine:
-    """An engine of `kind` ("numpy" for live use, "torch" for reference) with `slots` slots."""
-    if kind == "numpy":
-        return NumpyEngine(model, slots)
-    if kind == "torch":
-        return TorchEngine(model, slots)
-    raise ValueError(f"engine kind must be one of {', '.join(KINDS)}, got {kind!r}")
+# each model type's live engines, by kind
+ENGINES = {TOKEN_RNN: {"numpy": NumpyEngine, "torch": TorchEngine}}
+
+
+def make_engine(model: AnyModel, kind: str = "numpy", slots: int = 16) -> Engine:
+    """An engine of `kind` ("numpy" for live use, "torch" for reference) with `slots` slots,
+    for a torch TokenRNN or a ModelWeights (whose model type picks the engine class)."""
+    engines = ENGINES[getattr(model, "model_type", TOKEN_RNN)]
+    if kind not in engines:
+        raise ValueError(f"engine kind must be one of {', '.join(engines)}, got {kind!r}")
+    return engines[kind](model, slots)
 
 
 # ------------------------------------------------------------------- numpy's BLAS threads
 
-_BLAS_SYMBOLS = [  # (get, set) as OpenBLAS builds name them
-    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-    ("openblas_get_num_threads", "openblas_set_num_threads"),
-]
-
-
-def _openblas():
-    """(get, set) functions of the OpenBLAS that numpy loaded, or None."""
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for get, set_ in _BLAS_SYMBOLS:
-            if hasattr(lib, get) and hasattr(lib, set_):
-                return getattr(lib, get), getattr(lib, set_)
-    return None
-
 
 def blas_info() -> dict:
-    """numpy's BLAS: name, version and its thread count where it can be read."""
-    info = {"name": "?", "version": "?", "threads": None}
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        info.update(name=blas.get("name", "?"), version=blas.get("version", "?"))
-    except Exception:  # noqa: BLE001 - only descriptive
-        pass
-    try:
-        import threadpoolctl
+    """numpy's BLAS: name, version and its thread count (threadpoolctl reads them)."""
+    import threadpoolctl
 
-        for pool in threadpoolctl.threadpool_info():
-            if pool.get("user_api") == "blas":
-                info.update(name=pool.get("internal_api", info["name"]), version=pool.get("version", info["version"]),
-                            threads=pool.get("num_threads"))
-                return info
-    except ImportError:
-        pass
-    funcs = _openblas()
-    if funcs is not None:
-        info["threads"] = int(funcs[0]())
+    info = {"name": "?", "version": "?", "threads": None}
+    for pool in threadpoolctl.threadpool_info():
+        if pool.get("user_api") == "blas":
+            info.update(name=pool.get("internal_api", "?"), version=pool.get("version", "?"),
+                        threads=pool.get("num_threads"))
+            break
     return info
 
 
 def set_blas_threads(n: int) -> bool:
-    """Limit numpy's BLAS to n threads (threadpoolctl if installed, else OpenBLAS's own
-    call); False when it cannot be done in this process."""
-    try:
-        import threadpoolctl
+    """Limit numpy's BLAS to n threads for the rest of the process; False when no BLAS
+    thread pool was found to limit."""
+    import threadpoolctl
 
-        threadpoolctl.threadpool_limits(n, user_api="blas")
-        return True
-    except ImportError:
-        pass
-    funcs = _openblas()
-    if funcs is None:
-        return False
-    funcs[1](int(n))
-    return True
+    threadpoolctl.threadpool_limits(int(n), user_api="blas")  # stays in force (no `with`)
+    return any(pool.get("user_api") == "blas" for pool in threadpoolctl.threadpool_info())

@@ -281,3 +281,114 @@ def test_bench_step_loads_a_model_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "step", "--engine", "onnx"])
     assert main(["bench", "step", "--model", str(tmp_path / "missing")]) == 1
+
+
+# ---------------------------------------------------------------- the live path, no torch
+
+
+def test_serve_imports_no_torch_and_answers(notes_model):
+    """`ensemble serve` (a real process) starts, answers a played note, and never imports
+    torch: `python -X importtime` lists every module the process imported."""
+    import subprocess
+    import sys
+
+    from oscpeer import READY, OscPeer
+
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "ensemble", "serve", "--port", "0",
+                             "--model", str(notes_model), "--mode", "duet", "--no-record", "--no-snapshot",
+                             "--seed", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        match = READY.search(line)
+        assert match, line
+        peer = OscPeer(int(match.group(2)))
+        peer.send("/ensemble/hello", "p", "127.0.0.1", peer.port)
+        peer.send("/ensemble/note", "p", 60, 100)
+        before, status = peer.until_status()
+        assert status["engine"] == "numpy" and status["events_stepped"] == 1
+        assert any(args[0] == "p" for args in before)  # the answer to the note
+        peer.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    imported = [row.split("|")[-1].strip() for row in err.splitlines() if row.startswith("import time:")]
+    assert "ensemble.engine" in imported and "ensemble.server.conductor" in imported
+    assert not [m for m in imported if m == "torch" or m.startswith("torch.")], "serve imported torch"
+
+
+def test_load_live_gives_the_same_engine_without_torch(notes_model, tmp_path):
+    """checkpoint.load_live reads the weights with safetensors.numpy; the engine built from
+    them steps exactly like the one built from the torch model, and refuses what load refuses."""
+    import subprocess
+    import sys
+
+    from ensemble import checkpoint
+    from ensemble.model_types import ModelWeights
+
+    live = checkpoint.load_live(notes_model)
+    full = checkpoint.load(notes_model)
+    assert isinstance(live.model, ModelWeights) and live.model.config == full.model.config
+    assert live.codec.describe() == full.codec.describe() and live.meta == full.meta
+    a, b = make_engine(live.model, "numpy", slots=2), make_engine(full.model, "numpy", slots=2)
+    t = make_engine(live.model, "torch", slots=2)  # the torch engine, rebuilt from numpy weights
+    sa, sb, st = a.alloc_slot(), b.alloc_slot(), t.alloc_slot()
+    for token in [1, 5, 9, 2, 7]:
+        want = b.step([sb], [token])
+        np.testing.assert_array_equal(a.step([sa], [token]), want)
+        np.testing.assert_allclose(t.step([st], [token]), want, atol=TOL, rtol=0)
+    # in a fresh interpreter: loading and stepping import no torch
+    code = ("import sys; from ensemble import checkpoint; from ensemble.engine import make_engine, Sampler; "
+            "from ensemble.sampling import SamplingSettings; import numpy as np; "
+            f"c = checkpoint.load_live({str(notes_model)!r}); e = make_engine(c.model); s = e.alloc_slot(); "
+            "Sampler(e.vocab_size)(e.step([s], [1]), SamplingSettings(top_p=0.95), np.random.default_rng(0)); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    # broken folders: the same one-line errors as `load`
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((notes_model / "config.json").read_text())
+    data = (notes_model / "weights.safetensors").read_bytes()
+    (bad / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated"):
+        checkpoint.load_live(bad)
+    import json
+
+    config = json.loads((notes_model / "config.json").read_text())
+    assert config["model_type"] == "token-rnn"
+    config["model"]["hidden"] *= 2
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "weights.safetensors").write_bytes(data)
+    with pytest.raises(checkpoint.CheckpointError, match="shape"):
+        checkpoint.load_live(bad)
+    config["model_type"] = "transformer"
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(checkpoint.CheckpointError, match="model type 'transformer'"):
+        checkpoint.load_live(bad)
+
+
+def test_weight_shapes_match_the_torch_model():
+    from ensemble.model_types import weight_shapes
+
+    for cell in ("rnn", "gru", "lstm"):
+        for layers in (1, 2, 3):
+            model = tiny_model(cell, layers)
+            assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == weight_shapes(model.config)
+
+
+@pytest.mark.parametrize("name", ["folk-notes", "folk-abc"])
+def test_shipped_models_live_engine_matches_torch(name):
+    """The shipped models as the server loads them (numpy weights) against their torch model."""
+    from pathlib import Path
+
+    from ensemble import checkpoint
+
+    folder = Path(__file__).resolve().parents[1] / "models" / name
+    live, full = checkpoint.load_live(folder), checkpoint.load(folder)
+    vocab = full.model.config.vocab_size
+    schedule = random_schedule(5, 6, vocab, seed=1)
+    expected, _ = reference_run(full.model, 5, schedule)
+    eng = make_engine(live.model, "numpy", slots=5)
+    for _ in range(5):
+        eng.alloc_slot()
+    worst = max(float(np.abs(eng.step(g, t) - want).max()) for (g, t), want in zip(schedule, expected))
+    assert worst < 2e-5, worst  # float32 rounding on logits of up to ~20 in magnitude
