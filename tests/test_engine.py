@@ -251,10 +251,13 @@ def _numbers(text: str, engine: str, batch: int) -> list[float]:
 def test_bench_step_smoke(capsys):
     from ensemble.cli import main
 
-    rc = main(["bench", "step", "--iterations", "50", "--warmup", "5", "--batch", "1", "4",
+    rc = main(["bench", "step", "--iterations", "50", "--warmup", "5", "--batch", "1", "4", "--engine", "both",
                "--vocab", "50", "--hidden", "32", "--embedding", "8", "--cell", "gru"])
     out = capsys.readouterr().out
     assert rc == 0
+    assert "top-p 0.95: the server's defaults, as served" in out
+    assert re.search(r"weight-streaming floor \(numpy\): [\d.]+ MB of weights per step / [\d.]+ GB/s", out)
+    assert "4 slots cost" in out
     assert re.search(r"median", out) and re.search(r"p99", out)
     assert "gru 2 x 32" in out and "numpy BLAS" in out and "torch:" in out
     for engine in ("numpy", "torch"):
@@ -274,9 +277,10 @@ def test_bench_step_loads_a_model_folder(tmp_path, capsys):
     model = tiny_model("rnn", 1, vocab=codec.vocab_size, hidden=16)
     checkpoint.save(tmp_path / "m", model, codec)
     rc = main(["bench", "step", "--model", str(tmp_path / "m"), "--engine", "numpy", "--iterations", "50",
-               "--warmup", "0", "--batch", "2", "--threads", "0"])
+               "--warmup", "0", "--batch", "2", "--threads", "0", "--no-floor", "--top-p", "1.0"])
     out = capsys.readouterr().out
     assert rc == 0 and f"vocab {codec.vocab_size}" in out and "rnn 1 x 16" in out
+    assert "the server's defaults are" in out and "floor" not in out
     assert len(_numbers(out, "numpy", 2)) == 6
     with pytest.raises(SystemExit):
         main(["bench", "step", "--engine", "onnx"])
