@@ -161,6 +161,10 @@ def _step_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"sample among the k likeliest (default {served.top_k}, the server's; 0: all)")
     p.add_argument("--top-p", type=float, default=served.top_p,
                    help=f"nucleus sampling (default {served.top_p}, the server's; 1.0: off)")
+    p.add_argument("--mask-fraction", type=float, default=0.0, metavar="F",
+                   help="forbid this fraction of the tokens (seeded, the same every call), as a mask the "
+                        "sampler gets: duet mode forbids the notes codec's note-offs, a fifth of its tokens "
+                        "(default 0: no mask)")
     p.add_argument("--no-floor", action="store_true", help="skip measuring memory bandwidth (about a second)")
     p.add_argument("--seed", type=int, default=0, help="seeds the random model, the first tokens and the sampler")
     g = p.add_argument_group("random model (without --model)")
@@ -171,8 +175,8 @@ def _step_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vocab", type=int, default=1000, help="vocabulary size: the output layer's width (default 1000)")
 
 
-def _time_steps(engine, sampler, settings, rng, batch: int, iterations: int, warmup: int):
-    """Per call: ns of the step, of the sampling, and of both."""
+def _time_steps(engine, sampler, settings, rng, batch: int, iterations: int, warmup: int, mask=None):
+    """Per call: ns of the step and of the sampling."""
     slots = np.array([engine.alloc_slot() for _ in range(batch)], dtype=np.intp)
     tokens = rng.integers(0, engine.vocab_size, batch).astype(np.intp)
     clock = time.perf_counter_ns
@@ -182,7 +186,7 @@ def _time_steps(engine, sampler, settings, rng, batch: int, iterations: int, war
         t0 = clock()
         logits = engine.step(slots, tokens)
         t1 = clock()
-        tokens = sampler(logits, settings, rng)
+        tokens = sampler(logits, settings, rng, mask)
         t2 = clock()
         step_ns[i], sample_ns[i] = t1 - t0, t2 - t1
     for s in slots:
@@ -212,8 +216,10 @@ def bench_step(args: argparse.Namespace) -> int:
         print(f"ensemble bench step: error: {message}", file=sys.stderr)
         return 2
 
-    if args.iterations < 1 or args.warmup < 0 or min(args.batch) < 1 or args.threads < 0:
-        return error("--iterations >= 1, --warmup >= 0, --batch >= 1 and --threads >= 0 needed")
+    if args.iterations < 1 or args.warmup < 0 or min(args.batch) < 1 or args.threads < 0 \
+            or not 0 <= args.mask_fraction < 1:
+        return error("--iterations >= 1, --warmup >= 0, --batch >= 1, --threads >= 0 and "
+                     "--mask-fraction in [0, 1) needed")
     try:
         settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     except ValueError as exc:
@@ -231,6 +237,10 @@ def bench_step(args: argparse.Namespace) -> int:
         source = "random weights"
     cfg = model.config
     kinds = ["numpy", "torch"] if args.engine == "both" else [args.engine]
+    mask = None
+    if args.mask_fraction > 0:
+        mask = np.random.default_rng(args.seed).random(cfg.vocab_size) < args.mask_fraction
+        mask[0] = False  # never everything
     served = ServerConfig()
     as_served = (settings.temperature, settings.top_k, settings.top_p) == (served.temperature, served.top_k,
                                                                              served.top_p)
@@ -244,7 +254,8 @@ def bench_step(args: argparse.Namespace) -> int:
             for batch in args.batch:
                 sampler = Sampler(cfg.vocab_size, batch) if args.sampler == "fast" else sample
                 rng = np.random.default_rng(args.seed)
-                step_ns, sample_ns = _time_steps(engine, sampler, settings, rng, batch, args.iterations, args.warmup)
+                step_ns, sample_ns = _time_steps(engine, sampler, settings, rng, batch, args.iterations, args.warmup,
+                                                 mask)
                 call_med, call_p99 = percentiles_us(step_ns + sample_ns)
                 rows.append([kind, batch, call_med, call_p99, call_med / batch, call_p99 / batch,
                              percentiles_us(step_ns)[0], percentiles_us(sample_ns)[0]])
@@ -258,7 +269,8 @@ def bench_step(args: argparse.Namespace) -> int:
           f"sample(B rows, {args.sampler} sampler, temperature {settings.temperature}, top-k {settings.top_k}, "
           f"top-p {settings.top_p}" + (": the server's defaults, as served)" if as_served
                                        else "; the server's defaults are temperature "
-                                       f"{served.temperature}, top-k {served.top_k}, top-p {served.top_p})"))
+                                       f"{served.temperature}, top-k {served.top_k}, top-p {served.top_p})")
+          + (f", {int(mask.sum())} of {cfg.vocab_size} tokens masked" if mask is not None else ""))
     for line in settings_lines:
         print(line)
     if os.path.exists("/proc/loadavg"):

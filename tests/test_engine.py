@@ -277,10 +277,11 @@ def test_bench_step_loads_a_model_folder(tmp_path, capsys):
     model = tiny_model("rnn", 1, vocab=codec.vocab_size, hidden=16)
     checkpoint.save(tmp_path / "m", model, codec)
     rc = main(["bench", "step", "--model", str(tmp_path / "m"), "--engine", "numpy", "--iterations", "50",
-               "--warmup", "0", "--batch", "2", "--threads", "0", "--no-floor", "--top-p", "1.0"])
+               "--warmup", "0", "--batch", "2", "--threads", "0", "--no-floor", "--top-p", "1.0",
+               "--mask-fraction", "0.3"])
     out = capsys.readouterr().out
     assert rc == 0 and f"vocab {codec.vocab_size}" in out and "rnn 1 x 16" in out
-    assert "the server's defaults are" in out and "floor" not in out
+    assert "the server's defaults are" in out and "floor" not in out and "tokens masked" in out
     assert len(_numbers(out, "numpy", 2)) == 6
     with pytest.raises(SystemExit):
         main(["bench", "step", "--engine", "onnx"])
