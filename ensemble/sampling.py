@@ -352,25 +352,38 @@ class Sampler:
         row is cut into strided groups, and the k-th largest group maximum is a value
         that at least k tokens reach; the k-th largest logit is therefore among the
         tokens at or above it (usually a few more than k), and only those are
-        partitioned. Ranking raw logits ranks logits / T the same way (T > 0)."""
+        partitioned. Ranking raw logits ranks logits / T the same way (T > 0). With a
+        mask the maxima are taken over every token and the bound lowered to the 2k-th
+        group maximum; if fewer than k allowed tokens reach it (masked tokens crowd the
+        top), the maxima are taken again over the allowed tokens only."""
         G, q = self.groups, self.group_size
-        x = logits
-        if mask is not None:
-            x = self._scratch
-            np.copyto(x, logits)
-            np.putmask(x, mask, -np.inf)
         gmax = self._gmax
         small = k <= min(len(gmax), FEW)
         if small:
+            np.maximum.reduce(logits[: q * G].reshape(q, G), axis=0, out=gmax[:G])
+            gmax[G:] = logits[q * G :]  # the leftover tokens: groups of one
+            r = k if mask is None else min(2 * k, len(gmax))
+            bound = np.partition(gmax, -r)[-r]
+            candidates = np.flatnonzero(logits >= bound)
+            if mask is not None:
+                candidates = candidates[~mask[candidates]]
+            if len(candidates) >= k:  # always so without a mask
+                values = logits[candidates]
+                return candidates[values >= np.partition(values, -k)[-k]]
+        x = logits
+        if mask is not None:  # the allowed tokens only: masked ones at -inf
+            x = self._scratch
+            np.copyto(x, logits)
+            np.putmask(x, mask, -np.inf)
+        if small:
             np.maximum.reduce(x[: q * G].reshape(q, G), axis=0, out=gmax[:G])
-            gmax[G:] = x[q * G :]  # the leftover tokens: groups of one
-            bound = np.partition(gmax, -k)[-k]
-            candidates = np.flatnonzero(x >= bound)
+            gmax[G:] = x[q * G :]
+            candidates = np.flatnonzero(x >= np.partition(gmax, -k)[-k])
             values = x[candidates]
             kth = np.partition(values, -k)[-k]
         else:
             kth = np.partition(x, -k)[-k]
-        if kth == -np.inf:  # fewer than k tokens left: top-k keeps them all
+        if kth == -np.inf:  # fewer than k tokens allowed: top-k keeps them all
             if mask is not None and mask.all():
                 raise ValueError(_NOTHING_LEFT)
             kth = -np.finfo(np.float64).max
@@ -381,16 +394,21 @@ class Sampler:
 
     def _draw_among(self, logits: np.ndarray, kept: np.ndarray, settings: SamplingSettings, u: float) -> int:
         """One token among the few `kept` (ascending indices) with uniform u, the way
-        `sample` draws: index order for top-p 1.0, else the nucleus sorted likeliest first."""
+        `sample` draws: index order for top-p 1.0, else the nucleus sorted likeliest
+        first (ties in index order)."""
         if len(kept) == 0:
             raise ValueError(_ALL_INF)
         z = logits[kept].astype(np.float64)
         if settings.temperature != 1.0:
             z /= settings.temperature
         p = np.exp(z - z.max())
-        p /= p.sum()
+        p /= p.sum()  # normalised as `sample` normalises, so a cut at exactly top_p falls the same way
         if settings.top_p < 1.0:
-            return int(kept[_nucleus_draw(p, settings.top_p, u)])
+            order = np.argsort(-z, kind="stable")  # z ranks as p does, ties in index order
+            cumulative = np.cumsum(p[order])
+            n = min(int(cumulative.searchsorted(settings.top_p)) + 1, len(p))
+            i = int(cumulative[:n].searchsorted(u * cumulative[n - 1], "right"))
+            return int(kept[order[min(i, n - 1)]])
         cumulative = np.cumsum(p)
         i = min(int(np.count_nonzero(cumulative <= u * cumulative[-1])), len(p) - 1)
         return int(kept[i])

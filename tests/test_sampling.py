@@ -250,3 +250,22 @@ def test_sampler_mask_far_above_the_rest_and_odd_inputs():
     assert 7 not in draws and len(set(draws)) > 50
     batch = sampler(np.stack([logits, logits]), SamplingSettings(), rng, mask)
     assert 7 not in batch.tolist()
+
+
+def test_sampler_top_k_when_the_mask_crowds_the_top():
+    """The likeliest 300 tokens forbidden: the quick top-k bound finds too few allowed
+    tokens and the exact route takes over; the draws stay those of `sample`."""
+    vocab = 3660
+    gen = np.random.default_rng(4)
+    logits = gen.normal(size=vocab).astype(np.float32)
+    mask = np.zeros(vocab, dtype=bool)
+    mask[np.argsort(-logits)[:300]] = True
+    sampler = Sampler(vocab, max_batch=4)
+    for settings in (SamplingSettings(top_k=40), SamplingSettings(temperature=0.7, top_k=12, top_p=0.8)):
+        ra, rb = np.random.default_rng(6), np.random.default_rng(6)
+        for rows in (logits, np.stack([logits, logits[::-1]])):
+            for _ in range(30):
+                got = sampler(rows, settings, rb, mask)
+                np.testing.assert_array_equal(got, sample(rows, settings, ra, mask))
+                assert not mask[got].any()
+        assert ra.bit_generator.state == rb.bit_generator.state
