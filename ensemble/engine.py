@@ -13,8 +13,8 @@ numpy, which on these small CPUs is several times faster per event than torch ea
   nothing. rnn, gru and lstm cells, 1-3 layers.
 - **TorchEngine**: the same interface around the torch model itself (inference mode,
   oneDNN off during the step): the reference the numpy engine is tested against.
-- **Sampler**: `ensemble.sampling.sample` with preallocated buffers; exactly the same
-  draws (same settings, same rng consumption, same tokens) at about half the cost.
+- **Sampler** (defined in `ensemble.sampling`, importable from here too): the server's
+  sampler, the distribution of `ensemble.sampling.sample` without its sorts.
 
 `make_engine(model, kind="numpy", slots=16)` builds either engine, from a torch TokenRNN
 or from a `ModelWeights` (numpy arrays, what `checkpoint.load_live` gives the server):

@@ -353,7 +353,7 @@ class Sampler:
         that at least k tokens reach; the k-th largest logit is therefore among the
         tokens at or above it (usually a few more than k), and only those are
         partitioned. Ranking raw logits ranks logits / T the same way (T > 0). With a
-        mask the maxima are taken over every token and the bound lowered to the 2k-th
+        mask the maxima are taken over every token and the bound lowered to the 4k-th
         group maximum; if fewer than k allowed tokens reach it (masked tokens crowd the
         top), the maxima are taken again over the allowed tokens only."""
         G, q = self.groups, self.group_size
@@ -362,7 +362,7 @@ class Sampler:
         if small:
             np.maximum.reduce(logits[: q * G].reshape(q, G), axis=0, out=gmax[:G])
             gmax[G:] = logits[q * G :]  # the leftover tokens: groups of one
-            r = k if mask is None else min(2 * k, len(gmax))
+            r = k if mask is None else min(4 * k, len(gmax))
             bound = np.partition(gmax, -r)[-r]
             candidates = np.flatnonzero(logits >= bound)
             if mask is not None:
