@@ -320,8 +320,12 @@ class Sampler:
         top_p = settings.top_p
         if top_p < 1.0:
             ei = self._e[rows, choice]
-            ahead = np.einsum("ij,ij->i", self._e[:B], self._e[:B] >= ei[:, None]) - ei
-            check = (ahead >= top_p * total) | edge
+            check = edge.copy()
+            unsure = np.flatnonzero(ei <= (1.0 - top_p) * total * (1.0 + 1e-9))  # see _draw
+            if len(unsure):
+                e_u, ei_u = self._e[unsure], ei[unsure]
+                ahead = np.einsum("ij,ij->i", e_u, e_u >= ei_u[:, None]) - ei_u
+                check[unsure] |= ahead >= top_p * total[unsure]
         else:
             check = edge
         for b in np.flatnonzero(check).tolist():  # ties, outside the nucleus, or an edge
@@ -419,6 +423,10 @@ class Sampler:
         CDF with the uniform u; top-p by rejection, see the class doc."""
         total = bcum[-1]
         threshold = top_p * total
+        # a token holding more than 1 - top_p of the mass is in the nucleus whatever is
+        # ahead of it (at most total - e_i < top_p * total): no test needed (the margin
+        # covers rounding). On a trained model's peaked rows most draws are such tokens.
+        sure = (1.0 - top_p) * total * (1.0 + 1e-9)
         for _ in range(NUCLEUS_TRIES):
             t = u * total
             j = int(bcum.searchsorted(t, "right"))  # the block where the running mass passes t
@@ -433,7 +441,7 @@ class Sampler:
                 if i >= bl:  # the block's own running sum came out a hair below its BLAS sum
                     i = int(np.flatnonzero(block)[-1])
                 token = j * bl + i
-            if top_p >= 1.0 or self._in_nucleus(row, token, threshold):
+            if top_p >= 1.0 or row[token] > sure or self._in_nucleus(row, token, threshold):
                 return token
             u = rng.random()
         return _nucleus_draw(row[: self.vocab_size] / total, top_p, rng.random())  # the exact route, rarely
