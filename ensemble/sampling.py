@@ -121,7 +121,7 @@ def _nucleus_draw(p: np.ndarray, top_p: float, u: float) -> int:
 # ------------------------------------------------------------------- the live sampler
 
 BLOCK = 64          # about this many tokens per block of the two-level inverse CDF
-GROUPS = 232        # top-k: tokens are split into this many strided groups (see _kth)
+GROUPS = 232        # top-k: tokens are split into about this many strided groups (see _top_k)
 NUCLEUS_TRIES = 8   # top-p: draws from the whole distribution before the exact fallback
 FEW = 512           # top-k up to this k: the kept tokens are gathered and drawn among
 
@@ -130,20 +130,23 @@ class Sampler:
     """`sample` for one model's logits, in the few microseconds a live event can spend.
 
     Same arguments and result types as `sample`, the same distribution for every
-    setting, and (top-p 1.0) the same draws from the same seed: one uniform per row,
-    an inverse-CDF walk over the tokens in index order, as `sample` does. What changes
-    is how the work is done, because `sample` costs 0.1-0.3 ms a row on a 3,660-token
-    vocabulary where this costs about 20 us (`ensemble bench step`):
+    setting, and the same draws from the same seed wherever the algorithm allows (top-p
+    1.0; top-k up to `FEW` with any top-p; greedy): one uniform per row, the same walk
+    as `sample`'s. What changes is how the work is done, because `sample` costs 0.1-0.3
+    ms a row on a 3,660-token vocabulary where this costs about 20 us (`ensemble bench
+    step`):
 
     - **no full-vocabulary cumsum** (numpy's is sequential, 14 us for 3,660 tokens): the
-      probabilities live in a zero-padded (blocks, 64) buffer; one BLAS matrix-vector
-      product gives the block masses, a cumsum over the ~60 block masses finds the block
-      the uniform lands in and a cumsum over its 64 tokens the token.
+      probabilities live in (blocks, ~64) rows (61 for 3,660 tokens, zero padding where
+      no block size divides the vocabulary); one BLAS matrix-vector product gives the
+      block masses, a cumsum over the ~60 block masses finds the block the uniform lands
+      in and a cumsum over its tokens the token.
     - **top-k without a partition of the whole row** (np.partition costs ~27 us): the
-      row is cut into 232 strided groups; the k-th largest group maximum is a value that
-      at least k tokens reach, so the k-th largest logit is among the (usually few)
-      tokens at or above it, and only they are partitioned. Ties count as `sample`
-      counts them (every token equal to the k-th value stays).
+      row is cut into ~232 strided groups; the k-th largest group maximum is a value
+      that at least k tokens reach, so the k-th largest logit is among the (usually few)
+      tokens at or above it, and only they are partitioned; the draw then happens among
+      the kept tokens, as `sample` draws (sorting a few dozen tokens for top-p is cheap).
+      Ties count as `sample` counts them (every token equal to the k-th value stays).
     - **top-p without a sort** (the nucleus of a flat row holds thousands of tokens):
       rejection. Draw a token i from the whole (tempered, masked, top-k) distribution;
       keep it if the mass of the tokens ahead of it (likelier, or as likely with a
@@ -152,17 +155,18 @@ class Sampler:
       kept, token i has probability p_i / P(nucleus): the renormalised nucleus, the
       distribution `sample` draws from. A draw is kept with probability P(nucleus) >=
       top_p (0.95 by default), so it almost always takes one draw and one membership
-      test (one vectorised compare and one dot product). After `NUCLEUS_TRIES`
+      test (one vectorised compare and one dot product), and none for a token holding
+      more than 1 - top_p of the mass (always in the nucleus). After `NUCLEUS_TRIES`
       rejections (small top_p on a flat row) the row is drawn exactly as `sample`
       does, sorting; the mixture of the two routes is still the nucleus distribution.
       A rejected draw consumes an extra uniform, so with top_p < 1 the draws are the
       same distribution as `sample`'s, not the same tokens.
 
-    Probabilities are float64 and computed as `sample` computes them (logits / T, minus
-    the row maximum, exp); rows in a batch share every elementwise step, so B rows cost
-    much less than B calls. Sums are taken in a different order than `sample`'s, so a
-    draw could differ only where the uniform falls within float rounding (~1e-16) of a
-    token boundary.
+    Probabilities are float64, computed as `sample` computes them (logits / T, minus
+    the row maximum, exp); rows in a batch share every elementwise step and the walk,
+    so B rows cost somewhat less than B calls. Sums are taken in a different order than
+    `sample`'s, so a draw could differ only where the uniform falls within float
+    rounding (~1e-16) of a token boundary.
     """
 
     def __init__(self, vocab_size: int, max_batch: int = 16):
