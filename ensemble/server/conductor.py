@@ -90,7 +90,7 @@ class Conductor:
         self.recorder = recorder
         self.transports: list[Transport] = []  # OSC, MIDI, ...: attached by whoever starts them
         self.band = None
-        if self.codec.name == "gestures":
+        if self.adapter.kind == "gesture":  # the whole band in one token: stepped on a clock
             from ensemble.server.band import Band
 
             self.band = Band(self, config.gesture_interval)
