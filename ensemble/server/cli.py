@@ -19,8 +19,6 @@ log = logging.getLogger("ensemble.server")
 
 async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set). `ready(info)` is called once listening."""
-    import torch
-
     from ensemble.io.osc import OscServer
     from ensemble.server.conductor import Conductor
     from ensemble.server.recorder import Recorder
@@ -29,10 +27,13 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
 
     # one thread each: a live step is far too small to split, and idle BLAS threads
     # spinning on the other core would steal it from the OS, the network and the peers
-    torch.set_num_threads(1)
+    if cfg.engine == "torch":  # the reference engine; the live path never imports torch
+        import torch
+
+        torch.set_num_threads(1)
     set_blas_threads(1)
     loop = asyncio.get_running_loop()
-    ckpt = checkpoint.load(cfg.model)
+    ckpt = checkpoint.load_live(cfg.model)  # numpy weights: no torch
     m = ckpt.model.config
     recorder = None
     if cfg.record:
