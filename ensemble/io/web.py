@@ -276,7 +276,8 @@ class WebServer:
                                len(self.connections))
             raise web.HTTPServiceUnavailable(text=f"the server is full: {len(self.connections)} browser "
                                                   f"connections (web_connections)\n")
-        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=20.0)
+        # no permessage-deflate: the messages are tens of bytes, and zlib on the hot path only costs time
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=20.0, compress=False)
         await ws.prepare(request)
         ip = (request.remote or "?").split("%", 1)[0]
         self.numbered += 1
