@@ -286,3 +286,32 @@ def test_web_setting_is_checked(tmp_path):
     for bad in ("http://x", "70000", "host:"):
         with pytest.raises(UserError, match="web: "):
             ServerConfig(web=bad).validate()
+
+
+def test_a_browser_performer_survives_a_restart_in_the_snapshot(notes_model, tmp_path):
+    """Its page is gone after a restart: the performer comes back (state, mode) with answers
+    going nowhere, and no new page is taken for its owner."""
+    async def play(url):
+        page = await Page.open(url)
+        await page.send("/ensemble/hello", "dora", "listen")
+        await page.send("/ensemble/note", "dora", 60, 90)
+        await page.send("/ensemble/status", "dora")
+        assert (await page.until("/ensemble/status"))[0]["performers"][0]["events_in"] == 1
+        return page
+
+    async def after(url):
+        page = await Page.open(url)
+        await page.send("/ensemble/hello", "dora")
+        assert "played from another address" in (await page.until("/ensemble/error"))[1]
+        await page.close()
+
+    async def stop_while_open(server):  # the server stops while the page is open (Ctrl-C, a crash)
+        page = await play(server.info["web"])
+        await asyncio.get_running_loop().run_in_executor(None, server.__exit__, None, None, None)
+        await page.close()
+
+    run(stop_while_open(ServerThread(web_config(notes_model, tmp_path)).__enter__()))
+    with ServerThread(web_config(notes_model, tmp_path, restore=True)) as server:
+        dora = server.conductor.performers["dora"]
+        assert dora.mode == "listen" and dora.output.describe()["type"] == "web" and dora.has_logits
+        run(after(server.info["web"]))

@@ -32,6 +32,7 @@ import ipaddress
 import json
 import logging
 import math
+import secrets
 import time
 from collections import deque
 from importlib import resources
@@ -116,11 +117,14 @@ class Connection:
 
     async def write(self) -> None:
         """Send what is queued, in order, for as long as the socket is open."""
-        while not self.ws.closed:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.queue and not self.ws.closed:
-                await self.ws.send_str(self.queue.popleft())
+        try:
+            while not self.ws.closed:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.queue and not self.ws.closed:
+                    await self.ws.send_str(self.queue.popleft())
+        except (ConnectionError, RuntimeError) as exc:  # the browser went away mid-send
+            log.debug("web: %s: %s", self.name, exc)
 
 
 class WebOutput:
@@ -190,7 +194,9 @@ class WebServer:
         self.performer_limit = RateLimiter(cfg.performer_rate)
         self.quiet = QuietLog(log, cfg.error_rate, burst=2 * cfg.error_rate)
         self.connections: dict[int, Connection] = {}
-        self.numbered = 0
+        # connection numbers start at random, so that after a restart a new page is never taken
+        # for the owner of a performer restored from the snapshot
+        self.numbered = secrets.randbelow(1 << 30)
         self.feed: deque[list] = deque(maxlen=WATCH_EVENTS)
         self.feed_dropped = 0
         self.watch_timer: asyncio.TimerHandle | None = None
