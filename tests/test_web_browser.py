@@ -105,3 +105,27 @@ def test_join_play_hear_watch_steer_and_panic_beside_an_osc_performer(notes_mode
         page.screenshot(path=str(tmp_path / "web.png"))
         browser.close()
         peer.close()
+
+
+def test_a_touch_model_gets_an_xy_pad_whose_touches_are_answered(touch_model, tmp_path):
+    cfg = config(touch_model, tmp_path, web="127.0.0.1:0", default_mode="duet")
+    with ServerThread(cfg) as server, sync_api.sync_playwright() as pw:
+        browser = launch(pw, tmp_path / "profile")
+        page = browser.new_page()
+        page.goto(server.info["web"])
+        page.wait_for_selector('#conn[data-state="open"]')
+        page.fill("#name", "tina")
+        page.click("#join-button")
+        page.wait_for_selector("#pad", state="visible")
+        assert page.is_hidden("#keyboard")
+        for x, y in ((0.2, 0.3), (0.5, 0.5), (0.8, 0.7)):
+            page.eval_on_selector("#pad", """(pad, [x, y]) => {
+                const r = pad.getBoundingClientRect();
+                for (const type of ["pointerdown", "pointerup"])
+                    pad.dispatchEvent(new PointerEvent(type, {bubbles: true, pointerId: 5, pointerType: "touch",
+                        clientX: r.left + x * r.width, clientY: r.top + y * r.height}));
+            }""", [x, y])
+        page.wait_for_function("+document.getElementById('pad').dataset.answers >= 3")
+        assert page.get_attribute("#pad", "data-sent") == "3"
+        assert server.conductor.performers["tina"].events_in == 3
+        browser.close()

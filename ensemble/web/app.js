@@ -246,17 +246,23 @@ $("octave-up").onclick = () => { S.octave = Math.min(3, S.octave + 1); buildKeyb
 
 const pad = $("pad");
 let padDown = false, padLast = 0;
-function padSend(e) {
+function padSend(e, first) {
   const now = performance.now();
-  if (now - padLast < 33) return;  // at most 30 touches a second
+  if (!first && now - padLast < 33) return;  // a drag sends at most 30 touches a second
   padLast = now;
   const r = pad.getBoundingClientRect();
   const x = Math.min(1, Math.max(0, (e.clientX - r.left) / r.width));
   const y = Math.min(1, Math.max(0, 1 - (e.clientY - r.top) / r.height));
   send("/ensemble/touch", S.me, x, y);
+  pad.dataset.sent = +(pad.dataset.sent || 0) + 1;
   drawDot(x, y, "#f0b429");
 }
-pad.addEventListener("pointerdown", (e) => { padDown = true; pad.setPointerCapture(e.pointerId); startAudio(); padSend(e); });
+pad.addEventListener("pointerdown", (e) => {
+  padDown = true;
+  try { pad.setPointerCapture(e.pointerId); } catch (err) { /* a synthetic pointer has nothing to capture */ }
+  startAudio();
+  padSend(e, true);
+});
 pad.addEventListener("pointermove", (e) => { if (padDown) padSend(e); });
 pad.addEventListener("pointerup", () => { padDown = false; });
 
@@ -270,7 +276,11 @@ function drawDot(x, y, color) {
   g.fill();
 }
 
-function answerTouch(args) { if (args[0] === S.me) drawDot(args[1], args[2], "#4aa3ff"); }
+function answerTouch(args) {
+  if (args[0] !== S.me) return;
+  pad.dataset.answers = +(pad.dataset.answers || 0) + 1;
+  drawDot(args[1], args[2], "#4aa3ff");
+}
 
 function buildGestures() {
   const box = $("gestures");
