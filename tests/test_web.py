@@ -149,6 +149,10 @@ def test_bad_messages_get_the_osc_errors_and_the_connection_goes_on(notes_model,
         assert "args must be a list" in (await page.until("/ensemble/error"))[1]
         await page.ws.send_str(json.dumps({"address": "/ensemble/note", "args": ["bob", float("nan"), 1]}))
         assert "takes" in (await page.until("/ensemble/error"))[1]
+        await page.ws.send_str("[" * 4000)
+        assert "not JSON" in (await page.until("/ensemble/error"))[1]
+        await page.ws.send_str('{"address": "/ensemble/note", "args": ["bob", ' + "9" * 3000 + ", 1]}")
+        assert "/ensemble/note takes 's i i'" in (await page.until("/ensemble/error"))[1]  # no int32: refused here
         await page.ws.send_bytes(b"\x00\x01")
         assert "not binary" in (await page.until("/ensemble/error"))[1]
         await page.send("/ensemble/status", "bob")  # still served, in order
@@ -157,7 +161,7 @@ def test_bad_messages_get_the_osc_errors_and_the_connection_goes_on(notes_model,
 
     with ServerThread(web_config(notes_model, tmp_path, error_rate=100.0)) as server:
         run(main(server.info["web"]))
-        assert server.info["web_server"].status()["errors"] >= 11
+        assert server.info["web_server"].status()["errors"] >= 13
 
 
 def test_a_performer_belongs_to_its_connection_and_leaves_with_it(notes_model, tmp_path):

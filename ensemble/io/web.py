@@ -63,12 +63,17 @@ PLAYED = frozenset({"/ensemble/note", "/ensemble/touch", "/ensemble/gesture"})
 FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 
 
+INT32 = range(-2**31, 2**31)  # what an OSC "i" can hold; JSON numbers can be thousands of digits
+
+
 def _matches(arg, t: str) -> bool:
     if t == "s":
         return isinstance(arg, str) and arg != ""
-    if isinstance(arg, bool) or not isinstance(arg, (int, float)) or not math.isfinite(arg):
+    if isinstance(arg, bool) or not isinstance(arg, (int, float)):
         return False
-    return isinstance(arg, int) or arg.is_integer() if t == "i" else True
+    if isinstance(arg, int):
+        return arg in INT32
+    return math.isfinite(arg) and (arg.is_integer() and int(arg) in INT32 if t == "i" else True)
 
 
 def check_arguments(address, args) -> list:
@@ -338,8 +343,8 @@ class WebServer:
         try:
             try:
                 data = json.loads(text)
-            except ValueError as exc:
-                raise EventError(f"not JSON ({exc})") from None
+            except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested thousands deep
+                raise EventError(f"not JSON ({str(exc)[:100]})") from None
             if not isinstance(data, dict):
                 raise EventError('a message is an object: {"address": "/ensemble/...", "args": [...]}')
             address = data.get("address")
