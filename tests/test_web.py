@@ -270,8 +270,8 @@ def test_a_watcher_sees_osc_and_browser_performers_and_the_answers(notes_model, 
         assert table["web1"]["transport"] == "web" and table["osc1"]["transport"] == "osc"
         assert "output" not in table["web1"] and table["web1"]["mode"] == "duet"
         await watcher.send("/ensemble/watch", "web1")
-        m = await watcher.until("/ensemble/watch", where=lambda m: m.get("cells"))
-        assert 0 < len(m["cells"]) <= 64 and all(isinstance(v, float) for v in m["cells"])
+        performer, cells = await watcher.until("/ensemble/cells")
+        assert performer == "web1" and 0 < len(cells) <= 64 and all(isinstance(v, float) for v in cells)
         peer.close()
         await watcher.close()
         await player.close()

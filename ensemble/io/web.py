@@ -12,8 +12,9 @@ other (its own state, mode, settings, sequence numbers, recorded):
 The same typed events reach the conductor as from OSC and MIDI (`ensemble.messages`),
 so the three play together. A connection may also `/ensemble/watch` (optionally naming
 a performer whose LSTM cells it wants to see): it then gets, at most every
-WATCH_INTERVAL, the events in and out of every performer and, every STATUS_EVERY, every
-performer's mode and settings.
+WATCH_INTERVAL, the events in and out of every performer (one batch, encoded once for
+all watchers) and, every STATUS_EVERY, every performer's mode and settings; and
+`/ensemble/cells` with that performer's cells.
 
 Every message is hostile until checked, as with OSC: bound to loopback unless told
 otherwise, only the `allow` networks are served when bound wider, a page from another
@@ -114,10 +115,14 @@ class Connection:
 
     def put(self, message: dict) -> None:
         """Queue one message; never waits: a browser that cannot keep up loses messages, not the loop."""
+        self.put_text(json.dumps(message, separators=(",", ":")))
+
+    def put_text(self, text: str) -> None:
+        """Queue one message already encoded (a watch batch is encoded once for every watcher)."""
         if len(self.queue) >= MAX_QUEUE:
             self.dropped += 1
             return
-        self.queue.append(json.dumps(message, separators=(",", ":")))
+        self.queue.append(text)
         self.wake.set()
 
     async def write(self) -> None:
@@ -446,11 +451,12 @@ class WebServer:
             for entry in batch["performers"]:
                 entry.pop("output", None)
                 entry["transport"] = self.conductor.performers[entry["id"]].output.name.split(":", 1)[0]
+        text = json.dumps(batch, separators=(",", ":")) if batch["events"] or "performers" in batch else None
         for conn in watchers:
+            if text is not None:
+                conn.put_text(text)
             if conn.cells_of is not None:
-                conn.put({**batch, "cells": self._cells(conn.cells_of)})
-            elif batch["events"] or "performers" in batch:
-                conn.put(batch)
+                conn.put({"address": "/ensemble/cells", "args": [conn.cells_of, self._cells(conn.cells_of)]})
         self._watch_soon()  # the table and the cells stay fresh while anyone watches
 
     def _cells(self, performer: str):

@@ -50,6 +50,7 @@ function receive(m) {
     case "/ensemble/error": return showError(m.args[0], m.args[1]);
     case "/ensemble/status": return status(m.args[0]);
     case "/ensemble/watch": return watch(m);
+    case "/ensemble/cells": return m.args[0] === S.selected ? drawCells(m.args[1]) : undefined;
   }
 }
 
@@ -355,7 +356,6 @@ function watch(m) {
   roll.dataset.in = S.counts.in; roll.dataset.out = S.counts.out; roll.dataset.mine = S.counts.mine;
   if (m.dropped) $("dropped").textContent = `${m.dropped} events not shown (too many)`;
   if (m.performers) table(m.performers);
-  if ("cells" in m) drawCells(m.cells);
 }
 
 function color(id) {
