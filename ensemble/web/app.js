@@ -419,7 +419,7 @@ function table(rows) {
     });
     tr.onclick = () => select(p.id);
   }
-  if (S.selected && S.performers[S.selected] && !document.activeElement.closest("#steer")) showSettings(S.performers[S.selected]);
+  if (S.selected && S.performers[S.selected] && !(document.activeElement && document.activeElement.closest("#steer"))) showSettings(S.performers[S.selected]);
 }
 
 function showRate() {
