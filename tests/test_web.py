@@ -319,3 +319,26 @@ def test_a_browser_performer_survives_a_restart_in_the_snapshot(notes_model, tmp
         dora = server.conductor.performers["dora"]
         assert dora.mode == "listen" and dora.output.describe()["type"] == "web" and dora.has_logits
         run(after(server.info["web"]))
+
+
+def test_serve_web_from_the_command_line(notes_model, tmp_path):
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    base = [sys.executable, "-m", "ensemble", "serve", "--model", str(notes_model), "--port", "0",
+            "--no-record", "--no-snapshot"]
+    bad = subprocess.run(base + ["--web", "http:x"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "web: 'http:x' is not [HOST:]PORT" in bad.stderr
+    proc = subprocess.Popen(base + ["--web", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"browsers on (http://127\.0\.0\.1:\d+/)", line)
+        assert match, line
+        with urllib.request.urlopen(match.group(1), timeout=10) as r:
+            assert r.status == 200 and b"app.js" in r.read()
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
