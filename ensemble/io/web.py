@@ -92,6 +92,16 @@ def check_arguments(address, args) -> list:
     raise EventError(f"{address} takes {want}; got {got}")
 
 
+def ip_of(remote: str | None):
+    """The peer's address; an IPv4 peer of a dual-stack socket ("::ffff:10.0.0.5") as IPv4, so
+    that loopback and the IPv4 allow-list networks recognise it."""
+    try:
+        ip = ipaddress.ip_address((remote or "").split("%", 1)[0])
+    except ValueError:
+        return None
+    return ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip
+
+
 def _in(ip, networks) -> bool:
     return ip.is_loopback or any(ip in net for net in networks)
 
@@ -229,11 +239,13 @@ class WebServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port)
         await site.start()
-        bound = site._server.sockets[0].getsockname()[:2]
+        bound = self.runner.addresses[0][:2]
         self.port = bound[1]
         return bound
 
     async def close(self) -> None:
+        """Async, unlike OSC's: closing each socket sends its close frame and lets its page's
+        performers say goodbye."""
         if self.watch_timer is not None:
             self.watch_timer.cancel()
         for conn in list(self.connections.values()):
@@ -249,8 +261,9 @@ class WebServer:
                 "dropped": sum(c.dropped for c in self.connections.values()) + self.feed_dropped}
 
     def output_from(self, description: dict) -> WebOutput | None:
-        """A restored browser performer: its browser is gone, so its answers go nowhere
-        until it (or another page, if the id is shared) says hello again."""
+        """A restored browser performer (state, mode, settings): its page is gone, so its
+        answers go nowhere until the idle timeout drops it, or (a `shared` id) a page takes
+        it over with a hello."""
         if description.get("type") != "web":
             return None
         return WebOutput(None, str(description.get("name", "web:gone")))
@@ -260,8 +273,8 @@ class WebServer:
     @web.middleware
     async def _admit(self, request: web.Request, handler):
         """Only the allowed networks (this machine always) when bound wider; no other site's pages."""
-        ip = ipaddress.ip_address((request.remote or "0.0.0.0").split("%", 1)[0])
-        if not self.loopback and not _in(ip, self.allow):
+        ip = ip_of(request.remote)
+        if not self.loopback and (ip is None or not _in(ip, self.allow)):
             self.refused += 1
             self.quiet.warning(str(ip), "web: refused %s: not in the allowed networks", ip)
             raise web.HTTPForbidden(text="not in the allowed networks\n")
@@ -295,10 +308,10 @@ class WebServer:
         # no permessage-deflate: the messages are tens of bytes, and zlib on the hot path only costs time
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=20.0, compress=False)
         await ws.prepare(request)
-        ip = (request.remote or "?").split("%", 1)[0]
+        ip = ip_of(request.remote)
         self.numbered += 1
-        admin = ip != "?" and any(ipaddress.ip_address(ip) in net for net in self.admin)  # as OSC: the admin networks
-        conn = Connection(self, ws, ip, self.numbered, admin)
+        admin = ip is not None and any(ip in net for net in self.admin)  # as OSC: the admin networks
+        conn = Connection(self, ws, str(ip) if ip is not None else "?", self.numbered, admin)
         self.connections[self.numbered] = conn
         writer = self.loop.create_task(conn.write())
         log.info("web: %s connected%s", conn.name, " (admin)" if admin else "")
