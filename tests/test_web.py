@@ -272,6 +272,9 @@ def test_a_watcher_sees_osc_and_browser_performers_and_the_answers(notes_model, 
         await watcher.send("/ensemble/watch", "web1")
         performer, cells = await watcher.until("/ensemble/cells")
         assert performer == "web1" and 0 < len(cells) <= 64 and all(isinstance(v, float) for v in cells)
+        await watcher.send("/ensemble/mode", "osc1", "listen")  # a page on an admin network steers anyone
+        await watcher.send("/ensemble/status", "osc1")
+        assert (await watcher.until("/ensemble/status"))[0]["performers"][0]["mode"] == "listen"
         peer.close()
         await watcher.close()
         await player.close()
