@@ -180,9 +180,9 @@ class Tap:
     def path(self):
         return self.inner.path if self.inner is not None else None
 
-    def record(self, direction, performer, kind, values, source="", seq=None, token=None) -> None:
+    def record(self, direction, performer, kind, values, source="", seq=None, token=None, **more) -> None:
         if self.inner is not None:
-            self.inner.record(direction, performer, kind, values, source, seq, token)
+            self.inner.record(direction, performer, kind, values, source, seq, token=token, **more)
         self.seen(direction, performer, kind, values, source, seq)
 
     def close(self) -> None:
