@@ -1,4 +1,8 @@
-"""MIDI in and out on the conductor's loop: mido ports on python-rtmidi.
+"""MIDI in and out on the conductor's loop: mido ports on python-rtmidi (the MIDI transport).
+
+Three modules: the settings table (`midi_settings`), the MIDI system and its ports
+(`midi_backend`), and here the transport itself: port lifecycle, echoes, routing to
+performers, outputs.
 
 MIDI is another way in and out of the same conductor, not another server: every input
 channel of every input port is a performer (by default ``midi:<port>:<channel>``) in
@@ -76,338 +80,27 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import logging
-import os
-import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import mido
 
 from ensemble.errors import UserError
-from ensemble.messages import MODES, EventError, Hello, Origin, Panic, Play, Reset, SetMode, SetParam
+from ensemble.io.midi_backend import (MidiUnavailable, RtMidiBackend, c_stderr_captured,  # noqa: F401
+                                      how_to_get_midi, match_port)
+from ensemble.io.midi_settings import (VIRTUAL_IN, VIRTUAL_OUT, MidiSettings, Route, _channel,  # noqa: F401
+                                       control_value, parse_settings, route_for)
+from ensemble.messages import EventError, Hello, Origin, Panic, Play, Reset, SetMode, SetParam
 
 log = logging.getLogger("ensemble.midi")
 
-VIRTUAL_IN, VIRTUAL_OUT = "ensemble in", "ensemble out"
-CLIENT_NAME = "ensemble"
-# --midi-api words -> rtmidi API names as mido spells them
-API_ALIASES = {
-    "alsa": "LINUX_ALSA", "jack": "UNIX_JACK", "coremidi": "MACOSX_CORE", "macos": "MACOSX_CORE",
-    "core": "MACOSX_CORE", "winmm": "WINDOWS_MM", "windows": "WINDOWS_MM", "mm": "WINDOWS_MM",
-    "dummy": "RTMIDI_DUMMY", "web": "WEB_MIDI",
-}
-RTMIDI = "mido.backends.rtmidi"
-KNOWN_KEYS = {"inputs", "outputs", "virtual", "api", "thru", "feedback_ms", "poll_s", "mode",
-              "performers", "controls", "optional"}
-CONTROL_ACTIONS = ("temperature", "top_p", "threshold", "mode", "reset", "panic")
 CHANNEL_MESSAGES = {"note_on", "note_off", "control_change", "pitchwheel", "aftertouch",
                     "polytouch", "program_change"}
 ALL_NOTES_OFF = 123
 
 
-class MidiUnavailable(OSError):
-    """No MIDI system to talk to (no ALSA device, JACK not running, API not compiled in)."""
-
-
-# what each rtmidi API needs, said the way a user can act on it
-MISSING = {
-    "LINUX_ALSA": "no ALSA sequencer (/dev/snd/seq)",
-    "UNIX_JACK": "no JACK server running",
-}
-HOW_TO_GET_MIDI = {
-    "linux": "start JACK (without a sound card: `jackd -d dummy &`) and give --midi-api jack",
-    "darwin": "check that CoreMIDI is available to this process",
-    "win32": "check that a Windows MIDI driver is installed",
-}
-
-
-def how_to_get_midi() -> str:
-    return HOW_TO_GET_MIDI.get(sys.platform, "install and start a MIDI system that python-rtmidi supports")
-
-
-@contextlib.contextmanager
-def c_stderr_captured():
-    """Capture what C libraries write straight to file descriptor 2 (ALSA's
-    "ALSA lib seq_hw.c:...", JACK's "Cannot connect to server socket ...") while the
-    block runs; yields a list that holds those lines afterwards. Python's own
-    sys.stderr is flushed first, so nothing of ours is lost or reordered."""
-    lines: list[str] = []
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no fd 2 to redirect (embedded, closed): nothing to silence
-        yield lines
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            lines += [line for line in sink.read().decode(errors="replace").splitlines() if line.strip()]
-
-
-# ---------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where one input channel goes: its performer, and where that performer's MIDI goes."""
-
-    performer: str
-    mode: str | None
-    output: str | None   # an output port as named in `outputs`; None: no MIDI output
-    channel: int         # 1..16
-
-
-@dataclass
-class MidiSettings:
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    virtual: bool = False
-    api: str | None = None
-    thru: bool = False
-    feedback_ms: float = 20.0
-    poll_s: float = 2.0
-    mode: str | None = None
-    performers: dict = field(default_factory=dict)
-    controls: dict[int, str] = field(default_factory=dict)  # CC number -> action
-    optional: bool = False  # no MIDI system: go on with OSC only instead of failing
-
-    @property
-    def all_inputs(self) -> list[str]:
-        return self.inputs + ([VIRTUAL_IN] if self.virtual else [])
-
-    @property
-    def all_outputs(self) -> list[str]:
-        return self.outputs + ([VIRTUAL_OUT] if self.virtual else [])
-
-
-def _names(value, key: str) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise UserError(f"[midi] {key} must be a list of port names, got {value!r}")
-    return list(dict.fromkeys(value))
-
-
-def _channel(value, where: str) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
-        raise UserError(f"[midi] {where}: a MIDI channel is 1..16, got {value!r}")
-    return value
-
-
-def _mode(value, where: str) -> str | None:
-    if value is not None and value not in MODES:
-        raise UserError(f"[midi] {where}: mode must be one of {', '.join(MODES)}, got {value!r}")
-    return value
-
-
-def parse_settings(table: dict | None) -> MidiSettings:
-    """The [midi] table (merged with the command line by `ensemble serve`), checked."""
-    table = dict(table or {})
-    unknown = sorted(set(table) - KNOWN_KEYS)
-    if unknown:
-        raise UserError(f"[midi]: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
-    s = MidiSettings()
-    s.inputs = _names(table.get("inputs", []), "inputs")
-    s.outputs = _names(table.get("outputs", []), "outputs")
-    for key in ("virtual", "thru", "optional"):
-        if not isinstance(table.get(key, False), bool):
-            raise UserError(f"[midi] {key} must be true or false, got {table[key]!r}")
-    s.virtual, s.thru, s.optional = table.get("virtual", False), table.get("thru", False), table.get("optional", False)
-    api = table.get("api")
-    if api is not None and (not isinstance(api, str) or not api):
-        raise UserError(f"[midi] api must be a name such as 'alsa' or 'jack', got {api!r}")
-    s.api = api
-    for key, low in (("feedback_ms", 0.0), ("poll_s", 0.001)):
-        value = table.get(key, getattr(s, key))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
-            raise UserError(f"[midi] {key} must be a number >= {low:g}, got {value!r}")
-        setattr(s, key, float(value))
-    s.mode = _mode(table.get("mode"), "mode")
-
-    controls = table.get("controls", {})
-    if not isinstance(controls, dict):
-        raise UserError(f"[midi.controls] must be a table of action = CC number, got {controls!r}")
-    for action, cc in controls.items():
-        if action not in CONTROL_ACTIONS:
-            raise UserError(f"[midi.controls] unknown action {action!r} (known: {', '.join(CONTROL_ACTIONS)})")
-        if isinstance(cc, bool) or not isinstance(cc, int) or not 0 <= cc <= 127:
-            raise UserError(f"[midi.controls] {action} must be a CC number 0..127, got {cc!r}")
-        if cc in s.controls:
-            raise UserError(f"[midi.controls] CC {cc} is given to both {s.controls[cc]} and {action}")
-        s.controls[cc] = action
-
-    performers = table.get("performers", {})
-    if not isinstance(performers, dict):
-        raise UserError(f"[midi.performers] must be a table, got {performers!r}")
-    for key, value in performers.items():
-        port, _, ch = str(key).rpartition(":")
-        ch = _channel(ch, f"performers {key!r}")
-        if port and port not in s.all_inputs:
-            raise UserError(f"[midi.performers] {key!r}: {port!r} is not one of the inputs "
-                            f"({', '.join(s.all_inputs) or 'none given'})")
-        if isinstance(value, str):
-            value = {"id": value}
-        if not isinstance(value, dict) or not set(value) <= {"id", "mode", "output", "channel"}:
-            raise UserError(f"[midi.performers] {key!r} must be a performer id or a table of "
-                            f"id, mode, output, channel; got {value!r}")
-        if "id" in value and (not isinstance(value["id"], str) or not value["id"]):
-            raise UserError(f"[midi.performers] {key!r}: id must be a non-empty string")
-        _mode(value.get("mode"), f"performers {key!r}")
-        if "channel" in value:
-            _channel(value["channel"], f"performers {key!r}")
-        if "output" in value and value["output"] not in s.all_outputs:
-            raise UserError(f"[midi.performers] {key!r}: output {value['output']!r} is not one of the outputs "
-                            f"({', '.join(s.all_outputs) or 'none given'})")
-        s.performers[(port or None, ch)] = value
-    return s
-
-
-def route_for(settings: MidiSettings, port: str, channel: int) -> Route:
-    """The performer playing on `channel` (1..16) of input `port` (as named in the settings)."""
-    entry = settings.performers.get((port, channel)) or settings.performers.get((None, channel)) or {}
-    outputs = settings.all_outputs
-    return Route(
-        performer=entry.get("id", f"midi:{port}:{channel}"),
-        mode=entry.get("mode", settings.mode),
-        output=entry.get("output", outputs[0] if outputs else None),
-        channel=int(entry.get("channel", channel)),
-    )
-
-
-def control_value(action: str, value: int):
-    """What a CC value 0..127 means for an action."""
-    if action == "temperature":
-        return 0.1 + 1.9 * value / 127
-    if action == "top_p":
-        return 0.05 + 0.95 * value / 127
-    if action == "threshold":
-        return 4.0 * value / 127
-    if action == "mode":
-        return MODES[min(value // 32, len(MODES) - 1)]
-    return value >= 64  # reset, panic: a button
-
-
-# ---------------------------------------------------------------------------- backends
-
-
-def api_name(api: str) -> str:
-    """A --midi-api word (jack, alsa, ...) or an rtmidi API name -> the name mido uses."""
-    return API_ALIASES.get(api.lower(), api.upper())
-
-
-class RtMidiBackend:
-    """mido's rtmidi backend for one API, with port lists read cheaply.
-
-    mido's own `get_input_names` opens and closes a client per call (about 170 ms with
-    JACK); the port lists here are read from two rtmidi objects kept open (~50 us), so
-    they can be polled. Raises `MidiUnavailable` when the API cannot start.
-    """
-
-    def __init__(self, spec: str | None = None):
-        import rtmidi
-
-        if spec and "." in spec:  # a mido backend name, maybe with /API
-            module, _, api = spec.partition("/")
-        elif spec:
-            module, api = RTMIDI, api_name(spec)
-        else:
-            env = mido.Backend()  # honours MIDO_BACKEND
-            module, api = env.name, env.api
-        self.module = module
-        self.backend = mido.Backend(module, api=api or None)
-        self._scanners = None
-        if module != RTMIDI:  # another mido backend: its own listing
-            try:
-                self.backend.load()
-                self.backend.get_input_names()
-            except Exception as exc:
-                raise MidiUnavailable(f"{module}: {exc}") from None
-            self.api = module
-            self._scanners = None
-            return
-        compiled = [rtmidi.get_api_name(a) for a in rtmidi.get_compiled_api()]
-        by_name = {n: getattr(rtmidi, f"API_{n}") for n in (a[4:] for a in dir(rtmidi) if a.startswith("API_"))}
-        if api:
-            if api not in by_name:
-                raise MidiUnavailable(f"unknown MIDI API {spec!r} (known: {', '.join(sorted(API_ALIASES))})")
-            if by_name[api] not in rtmidi.get_compiled_api():
-                raise MidiUnavailable(f"this python-rtmidi has no {api} support (it has: {', '.join(compiled)})")
-            candidates = [api]
-        else:  # rtmidi's order (ALSA before JACK on Linux): the first that starts
-            names = {v: n for n, v in by_name.items()}
-            candidates = [names[a] for a in rtmidi.get_compiled_api() if names.get(a) not in (None, "RTMIDI_DUMMY")]
-        errors = []
-        with c_stderr_captured() as noise:  # ALSA and JACK complain on fd 2 as they fail
-            for candidate in candidates:
-                rtapi = by_name[candidate]
-                scan_in = scan_out = None
-                try:
-                    scan_in = rtmidi.MidiIn(rtapi=rtapi, name=f"{CLIENT_NAME}-ports")
-                    scan_out = rtmidi.MidiOut(rtapi=rtapi, name=f"{CLIENT_NAME}-ports")
-                    scan_in.get_ports()
-                    scan_out.get_ports()
-                except (rtmidi.RtMidiError, OSError, RuntimeError) as exc:
-                    errors.append(MISSING.get(candidate, f"{candidate}: {exc}"))
-                    del scan_in, scan_out  # JACK's destructors print too: let them, while captured
-                    continue
-                current = scan_in.get_current_api()
-                self.api = next(n for n, v in by_name.items() if v == current and n != "UNSPECIFIED")
-                self.backend = mido.Backend(RTMIDI, api=self.api)
-                self._scanners = (scan_in, scan_out)
-                break
-        for line in noise:
-            log.debug("MIDI library: %s", line)
-        if self._scanners is None:
-            raise MidiUnavailable(" and ".join(errors))
-
-    def input_names(self) -> list[str]:
-        if self._scanners is None:
-            return self.backend.get_input_names()
-        return list(self._scanners[0].get_ports())
-
-    def output_names(self) -> list[str]:
-        if self._scanners is None:
-            return self.backend.get_output_names()
-        return list(self._scanners[1].get_ports())
-
-    def open_input(self, name: str, callback, virtual: bool = False):
-        if virtual:
-            return self.backend.open_input(name, virtual=True, callback=callback, client_name=CLIENT_NAME)
-        return self.backend.open_input(name, callback=callback)
-
-    def open_output(self, name: str, virtual: bool = False):
-        if virtual:
-            return self.backend.open_output(name, virtual=True, client_name=CLIENT_NAME)
-        return self.backend.open_output(name)
-
-    def close(self) -> None:
-        for scanner in self._scanners or ():
-            scanner.delete()
-        self._scanners = None
-
-
-def match_port(pattern: str, names: list[str], exclude: tuple[str, ...] = ()) -> str | None:
-    """The port a configured name means: the exact name, else the first containing it (any case)."""
-    names = [n for n in names if not any(x in n for x in exclude)]
-    if pattern in names:
-        return pattern
-    low = pattern.lower()
-    return next((n for n in names if low in n.lower()), None)
-
-
-# ---------------------------------------------------------------------------- output
 
 
 class MidiOutput:
