@@ -323,6 +323,8 @@ BENCHMARKS: list[Benchmark] = [
               _lazy("ensemble.bench_train", "add_arguments"), _lazy("ensemble.bench_train", "run")),
     Benchmark("midi", "MIDI latency through real JACK ports (needs jackd)",
               _lazy("ensemble.bench_midi", "add_arguments"), _lazy("ensemble.bench_midi", "run")),
+    Benchmark("web", "browser round trip measured in the page (chromium): 1 and 16 performers at 20 events/s",
+              _lazy("ensemble.bench_web", "add_arguments"), _lazy("ensemble.bench_web", "run")),
 ]
 BENCHMARKS = [b for b in BENCHMARKS if b.name != "midi" or importlib.util.find_spec("ensemble.bench_midi")]
 

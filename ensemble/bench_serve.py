@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -32,24 +31,17 @@ import numpy as np
 from pythonosc.osc_packet import OscPacket
 
 from ensemble.io.osc import build
+from ensemble.serverproc import start_server as start
 
-READY = re.compile(r"ready on udp ([\d.]+):(\d+)")
 SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
 
 
 def start_server(model: str | None, record: str, extra: list[str]) -> tuple[subprocess.Popen, int, float]:
     """The server process, its port, and the seconds from its start to its ready line."""
-    cmd = [sys.executable, "-m", "ensemble", "serve", "--port", "0", "--mode", "duet", "--no-snapshot",
-           "--record", record, "--seed", "0"] + (["--model", model] if model else []) + extra
+    args = ["--port", "0", "--mode", "duet", "--no-snapshot", "--record", record, "--seed", "0"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline()
-    ready_s = time.perf_counter() - t0
-    match = READY.search(line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"the server did not start: {line.strip()}")
-    return proc, int(match.group(2)), ready_s
+    proc, port = start(args + (["--model", model] if model else []) + extra, stderr=subprocess.DEVNULL)
+    return proc, port, time.perf_counter() - t0
 
 
 ECHO = """

@@ -15,11 +15,14 @@ class ServerStartError(RuntimeError):
     pass
 
 
-def start_server(args: list[str], *, env: dict | None = None, stderr=subprocess.PIPE) -> tuple[subprocess.Popen, int]:
-    """`ensemble serve ARGS`; returns the process and its OSC port once it says it is ready."""
-    proc = subprocess.Popen([sys.executable, "-m", "ensemble", "serve", *args], stdout=subprocess.PIPE,
-                            stderr=stderr, text=True, env=env)
+def start_server(args: list[str], *, env: dict | None = None, stderr=subprocess.PIPE,
+                 python_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
+    """`ensemble serve ARGS`; returns the process and its OSC port once it says it is ready
+    (the whole ready line is `proc.ready_line`; `python_args` go to the interpreter)."""
+    proc = subprocess.Popen([sys.executable, *python_args, "-m", "ensemble", "serve", *args],
+                            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     line = proc.stdout.readline()
+    proc.ready_line = line
     match = READY.search(line)
     if not match:
         proc.kill()

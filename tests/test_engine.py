@@ -294,19 +294,13 @@ def test_bench_step_loads_a_model_folder(tmp_path, capsys):
 def test_serve_imports_no_torch_and_answers(notes_model):
     """`ensemble serve` (a real process) starts, answers a played note, and never imports
     torch: `python -X importtime` lists every module the process imported."""
-    import subprocess
-    import sys
+    from ensemble.serverproc import start_server
+    from oscpeer import OscPeer
 
-    from oscpeer import READY, OscPeer
-
-    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "ensemble", "serve", "--port", "0",
-                             "--model", str(notes_model), "--mode", "duet", "--no-record", "--no-snapshot",
-                             "--seed", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, port = start_server(["--port", "0", "--model", str(notes_model), "--mode", "duet", "--no-record",
+                               "--no-snapshot", "--seed", "0"], python_args=("-X", "importtime"))
     try:
-        line = proc.stdout.readline()
-        match = READY.search(line)
-        assert match, line
-        peer = OscPeer(int(match.group(2)))
+        peer = OscPeer(port)
         peer.send("/ensemble/hello", "p", "127.0.0.1", peer.port)
         peer.send("/ensemble/note", "p", 60, 100)
         before, status = peer.until_status()
