@@ -167,34 +167,6 @@ class WebOutput:
         return {"type": "web", "name": self.name}
 
 
-class Tap:
-    """Stands where the conductor's recorder is and sees every event in and out, as the
-    recorder does; it records through the real recorder (if any) and hands each event to
-    the watchers. This needs no hook in the conductor: what is recorded is what is shown."""
-
-    def __init__(self, inner, seen):
-        self.inner = inner
-        self.seen = seen
-
-    @property
-    def path(self):
-        return self.inner.path if self.inner is not None else None
-
-    def record(self, direction, performer, kind, values, source="", seq=None, token=None, **more) -> None:
-        if self.inner is not None:
-            self.inner.record(direction, performer, kind, values, source, seq, token=token, **more)
-        self.seen(direction, performer, kind, values, source, seq)
-
-    def close(self) -> None:
-        if self.inner is not None:
-            self.inner.close()
-
-    def __getattr__(self, name):  # open, flush, lines, failed, ...: the real recorder's
-        if self.inner is None:
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-
 class WebServer:
     """The browser transport: an aiohttp site on the conductor's loop."""
 
@@ -225,7 +197,7 @@ class WebServer:
         self.runner: web.AppRunner | None = None
         self.files = {name: (resources.files("ensemble.web") / name).read_bytes() for name in FILES}
         self.received = self.rejected = self.errors = self.refused = 0
-        conductor.recorder = Tap(conductor.recorder, self._seen)
+        conductor.watchers.append(self._seen)  # every event in and out, as it is recorded
         conductor.attach(self)
 
     # -- lifetime
