@@ -1,7 +1,7 @@
 """The benchmarks run end to end (their numbers are reported, never asserted)."""
 
-from ensemble.bench_serve import bench_serve
-from ensemble.bench_train import bench_train
+from ensemble.bench.serve import bench_serve
+from ensemble.bench.train import bench_train
 from ensemble.cli import main
 
 

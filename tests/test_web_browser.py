@@ -133,7 +133,7 @@ def test_a_touch_model_gets_an_xy_pad_whose_touches_are_answered(touch_model, tm
 
 def test_bench_web_runs_and_counts_every_event(notes_model):
     """`ensemble bench web`, briefly: it must keep working (its timings are not checked here)."""
-    from ensemble.bench_web import bench_web
+    from ensemble.bench.web import bench_web
 
     [(n, result)] = bench_web(str(notes_model), [2], rate=20.0, seconds=0.5, chromium=CHROMIUM, warmup=0.2)
     assert n == 2 and result["events"] == 2 * 10  # 20/s x 0.7 s = 14 each, less the 4 of the warm-up

@@ -2,8 +2,9 @@
 
 Each benchmark is one entry of `BENCHMARKS`: a name, a help line, a function that adds
 its options to its own sub-parser, and a function that runs it (parsed arguments in,
-exit code out). To add one (train, serve, midi, ...), write those two functions and
-append a `Benchmark` to the table; `add_parser` registers whatever is in the table.
+exit code out). `step` lives here; the others are modules of this package (`serve`,
+`fuzz`, `train`, `midi`, `web`), imported only when they run. To add one, write its
+module with `add_arguments` and `run` and append a `Benchmark` to the table.
 
     ensemble bench step [--model DIR] [--engine numpy|torch|both] [--batch 1 16] ...
 
@@ -316,17 +317,17 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("step", "latency of one model step plus sampling, per call and per event",
               _step_arguments, bench_step),
     Benchmark("serve", "OSC round trip through a running server: 1 performer, and 16 at 50 events/s",
-              _lazy("ensemble.bench_serve", "add_arguments"), _lazy("ensemble.bench_serve", "run")),
+              _lazy("ensemble.bench.serve", "add_arguments"), _lazy("ensemble.bench.serve", "run")),
     Benchmark("fuzz", "bad packets of every kind while a good performer plays: lost, latency, memory, log",
-              _lazy("ensemble.bench_fuzz", "add_arguments"), _lazy("ensemble.bench_fuzz", "run")),
+              _lazy("ensemble.bench.fuzz", "add_arguments"), _lazy("ensemble.bench.fuzz", "run")),
     Benchmark("train", "training throughput in tokens/s for a model size on this device",
-              _lazy("ensemble.bench_train", "add_arguments"), _lazy("ensemble.bench_train", "run")),
+              _lazy("ensemble.bench.train", "add_arguments"), _lazy("ensemble.bench.train", "run")),
     Benchmark("midi", "MIDI latency through real JACK ports (needs jackd)",
-              _lazy("ensemble.bench_midi", "add_arguments"), _lazy("ensemble.bench_midi", "run")),
+              _lazy("ensemble.bench.midi", "add_arguments"), _lazy("ensemble.bench.midi", "run")),
     Benchmark("web", "browser round trip measured in the page (chromium): 1 and 16 performers at 20 events/s",
-              _lazy("ensemble.bench_web", "add_arguments"), _lazy("ensemble.bench_web", "run")),
+              _lazy("ensemble.bench.web", "add_arguments"), _lazy("ensemble.bench.web", "run")),
 ]
-BENCHMARKS = [b for b in BENCHMARKS if b.name != "midi" or importlib.util.find_spec("ensemble.bench_midi")]
+BENCHMARKS = [b for b in BENCHMARKS if b.name != "midi" or importlib.util.find_spec("ensemble.bench.midi")]
 
 
 def add_parser(subparsers) -> None:
