@@ -849,6 +849,7 @@ def run(args) -> int:
         if args.data or args.out:
             log.warning("--resume continues with the run's own settings (%s); --data/--out are ignored", saved)
         cfg.out = args.resume
+        cfg.progress = not args.no_progress
     else:
         if not args.data or not args.out:
             raise TrainError("--data and --out are needed (or --resume RUN_DIR)")
