@@ -579,7 +579,7 @@ def agree(elapsed: float, interrupted: bool, world: int, device) -> tuple[float,
     return float(flags[0]), bool(flags[1])
 
 
-def summary_lines(run: Progress, stop_reason: str, wall: float, tokens: int, cfg: TrainConfig) -> list[str]:
+def summary_lines(run: Progress, stop_reason: str, wall: float, tokens: int) -> list[str]:
     """What a run ends with: how good, from when, how fast, and whether more would help."""
     lines = [f"best validation loss {run.best:.4f} nats/token ({run.best / math.log(2):.3f} bits) "
              f"at step {run.best_step}; stopped at step {run.step} ({stop_reason})",
@@ -590,6 +590,38 @@ def summary_lines(run: Progress, stop_reason: str, wall: float, tokens: int, cfg
         lines.append(f"not improving: no better validation loss in the last {run.evals_without_gain} "
                      f"validation(s), since step {run.best_step}")
     return lines
+
+
+def restore(state_path: Path, model, optimizer, batcher, rank: int, device) -> tuple[Progress, RNNState]:
+    """Load train_state.pt into the model, optimiser, batcher and RNG; the progress and
+    the carried hidden state come back. `weights_only=True`: no pickle is executed."""
+    saved = torch.load(state_path, map_location=device, weights_only=True)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    batcher.load_state_dict(json.loads(saved["batchers"])[rank])
+    carried = RNNState(saved["carried_h"][rank].to(device),
+                       None if saved["carried_c"] is None else saved["carried_c"][rank].to(device))
+    torch.set_rng_state(saved["rng_cpu"][rank])
+    if device.type == "cuda" and saved.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(saved["rng_cuda"][rank].cpu())
+    return Progress(**{k: saved[k] for k in asdict(Progress()) if k in saved}), carried  # older states lack some
+
+
+def card_meta(cfg: TrainConfig, corpus: data.Corpus, n_params: int, baseline: float, metrics: dict, step: int) -> dict:
+    """What a model folder says about how it was made (its card and config.json)."""
+    return {
+        "description": f"A TokenRNN trained by `ensemble train` on {cfg.data}.",
+        "parameters": n_params,
+        "data": {**corpus.summary, "train_pieces": len(corpus.train), "train_tokens": corpus.train_tokens,
+                 "val_pieces": len(corpus.val), "val_tokens": corpus.val_tokens,
+                 "unigram_entropy_nats": round(baseline, 4)},
+        "validation": {**metrics, "step": step},
+        "training": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "retrain": "ensemble train " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()
+            if v not in (None, False) and k not in ("progress", "out") and not isinstance(v, bool))
+            + f" --out {cfg.out}",
+    }
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -614,16 +646,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     carried = model.initial_state(cfg.batch, device)
     run = Progress()
     if resume:
-        saved = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        run = Progress(**{k: saved[k] for k in asdict(run) if k in saved})
-        batcher.load_state_dict(json.loads(saved["batchers"])[rank])
-        carried = RNNState(saved["carried_h"][rank].to(device),
-                           None if saved["carried_c"] is None else saved["carried_c"][rank].to(device))
-        torch.set_rng_state(saved["rng_cpu"][rank])
-        if device.type == "cuda" and saved.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(saved["rng_cuda"][rank].cpu())
+        run, carried = restore(state_path, model, optimizer, batcher, rank, device)
         if cfg.steps and run.step >= cfg.steps:
             raise TrainError(f"{out}: the run is finished ({run.step} of {cfg.steps} steps)")
         if cfg.max_time and run.elapsed >= cfg.max_time:
@@ -672,19 +695,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         log.debug("saved resumable state at step %d", run.step)
 
     def meta(metrics: dict) -> dict:
-        return {
-            "description": f"A TokenRNN trained by `ensemble train` on {cfg.data}.",
-            "parameters": n_params,
-            "data": {**corpus.summary, "train_pieces": len(corpus.train), "train_tokens": corpus.train_tokens,
-                     "val_pieces": len(corpus.val), "val_tokens": corpus.val_tokens,
-                     "unigram_entropy_nats": round(baseline, 4)},
-            "validation": {**metrics, "step": run.step},
-            "training": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
-            "retrain": "ensemble train " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()
-                if v not in (None, False) and k not in ("progress", "out") and not isinstance(v, bool))
-                + f" --out {cfg.out}",
-        }
+        return card_meta(cfg, corpus, n_params, baseline, metrics, run.step)
 
     def validate(train_loss: float, lr: float, rate: float) -> None:
         """Validation loss, the log, and `best/` whenever it improves (so early stopping keeps the best)."""
@@ -763,7 +774,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             print(f"ensemble train: interrupted at step {run.step}; saved, continue with: "
                   f"ensemble train --resume {out}", file=sys.stderr, flush=True)
         else:
-            for line in summary_lines(run, stop_reason, wall, session_tokens, cfg):
+            for line in summary_lines(run, stop_reason, wall, session_tokens):
                 print(line, flush=True)
             log.info("models in %s/best and %s/last", out, out)
     if world > 1:
