@@ -18,7 +18,7 @@ from ensemble.codecs.text import TextCodec
 from ensemble.data import Corpus, Piece, load_prepared, text_pieces, write_prepared
 from ensemble.generate import generate
 from ensemble.sampling import SamplingSettings
-from ensemble.train import (StreamBatcher, TrainConfig, TrainError, choose_defaults, count_parameters, learning_rate,
+from ensemble.train import (StopSignals, StreamBatcher, TrainConfig, TrainError, choose_defaults, count_parameters, learning_rate,
                             unigram_entropy, train)
 
 
@@ -319,3 +319,13 @@ def test_ctrl_c_saves_says_how_to_resume_and_resume_matches_uninterrupted_run(tm
 
     again = subprocess.run(ENSEMBLE + ["train", "--resume", str(stopped)], env=env, capture_output=True, text=True)
     assert again.returncode == 1 and again.stderr.strip().endswith("the run is finished (300 of 300 steps)")
+
+
+def test_sigterm_is_taken_like_ctrl_c_and_a_second_signal_stops_at_once():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.received == signal.SIGTERM  # noted; the loop saves and stops after its step
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before
