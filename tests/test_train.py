@@ -216,10 +216,10 @@ def test_a_time_budget_without_steps_runs_the_whole_schedule(tmp_path, periodic_
                                max_time=2.0, seq_len=16, batch=4, eval_every=1_000_000, progress=False))
     assert result["stop_reason"] == "max time" and result["step"] > 50
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["steps"] is None and run["lr"] == 1e-2 and run["min_lr"] == pytest.approx(1e-3)
+    assert run["steps"] is None and run["lr"] == 2e-2 and run["min_lr"] == pytest.approx(2e-3)
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
     last_lr = float(rows[-1].split(",")[6])
-    assert last_lr < 1e-3 + 0.05 * (1e-2 - 1e-3), rows[-1]  # decayed to (nearly) the minimum at the budget
+    assert last_lr < 2e-3 + 0.05 * (2e-2 - 2e-3), rows[-1]  # decayed to (nearly) the minimum at the budget
     assert "still improving" in capsys.readouterr().out
 
 
@@ -228,7 +228,7 @@ def test_defaults_follow_model_and_corpus_size():
     small = Corpus(codec, [Piece("a", np.zeros(1000, np.int64))], [Piece("b", np.zeros(10, np.int64))])
     cfg = TrainConfig(data="", out="", size="s")
     chosen = choose_defaults(cfg, small, None)
-    assert cfg.lr == pytest.approx(7.1e-3) and cfg.min_lr == pytest.approx(7.1e-4)  # 5e-3 * sqrt(256 / 128)
+    assert cfg.lr == pytest.approx(1e-2) and cfg.min_lr == pytest.approx(1e-3)  # 5e-3 * 256 / 128
     assert (cfg.dropout, cfg.weight_decay, cfg.steps) == (0.2, 0.1, 2000)
     assert any("dropout" in c for c in chosen)
     n = count_parameters(codec.vocab_size, "lstm", 2, 128, 48)
