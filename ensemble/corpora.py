@@ -263,31 +263,36 @@ def _read_abc(source: Source) -> Iterator[Item]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")  # older ABC collections are Latin-1
+    for number, tune in abc_tunes(text):
+        yield Item(f"{source.label}#X{number}", "abc", tune)
+
+
+def abc_tunes(text: str) -> list[tuple[str, str]]:
+    """The tunes of an ABC file's text as (X: number, tune text), each tune carrying the
+    file header's M: and L: (which hold for every tune of the file); raises `Skip`."""
     tunes = split_tunes(text)
     if not tunes:
         if any(line.startswith("K:") for line in text.splitlines()):
             tunes = [("1", text)]  # one tune without an X: line
         else:
             raise Skip("no ABC tunes (no X: or K: lines)")
-    # M: and L: in the file header (before the first X:) hold for every tune of the file
     first = re.search(r"^X:", text, re.MULTILINE)
     preamble = text[:first.start()] if first else ""
     defaults = "".join(line + "\n" for line in preamble.splitlines() if line[:2] in ("M:", "L:"))
-    for number, tune in tunes:
-        yield Item(f"{source.label}#X{number}", "abc", defaults + tune)
+    return [(number, defaults + tune) for number, tune in tunes]
 
 
 def _read_midi(path: Path) -> list:
     import mido
 
     from ensemble.codecs.midi_notes import notes_from_midi
+    from ensemble.midifile import unreadable_reason
 
     try:
         midi = mido.MidiFile(str(path))
         notes = notes_from_midi(midi)
     except Exception as exc:  # mido raises many kinds on a damaged file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise Skip(f"not a readable MIDI file ({reason})") from None
+        raise Skip(f"not a readable MIDI file ({unreadable_reason(path, exc)})") from None
     if not notes:
         raise Skip("MIDI file without notes")
     return notes
@@ -336,7 +341,7 @@ def _read_session(source: Source) -> Iterator[Item]:
     last complete line."""
     from ensemble.codecs.midi_notes import Note
     from ensemble.codecs.touch import TouchEvent
-    from ensemble.server.recorder import read_session
+    from ensemble.session_log import notes_by_voice, read_session, touches_by_performer
 
     try:
         header, events = read_session(source.path)
@@ -344,31 +349,15 @@ def _read_session(source: Source) -> Iterator[Item]:
         raise Skip(f"not a session log ({exc})") from None
     if header.get("kind") != "session":
         raise Skip("not a session log (no session header on the first line)")
-    played = [e for e in events if e.get("dir") == "in" and e.get("kind") in ("note", "touch")]
-    if not played:
+    notes = notes_by_voice(events, lambda e: e["performer"] if e.get("dir") == "in" else None)
+    touches = touches_by_performer(events)
+    if not notes and not touches:
         raise Skip("session log without played notes or touches")
-    end = max(float(e["t"]) for e in events)
-    for performer in sorted({e["performer"] for e in played}):
-        mine = [e for e in played if e["performer"] == performer]
-        notes, sounding, touches, previous = [], {}, [], None
-        for e in mine:
-            t = float(e["t"])
-            if e["kind"] == "note":
-                pitch, velocity = (int(v) for v in e["values"])
-                if pitch in sounding:
-                    start, v = sounding.pop(pitch)
-                    notes.append(Note(start, max(t, start + 0.001), pitch, v))
-                if velocity > 0:
-                    sounding[pitch] = (t, velocity)
-            else:
-                x, y = (float(v) for v in e["values"])
-                touches.append(TouchEvent(0.0 if previous is None else t - previous, x, y))
-                previous = t
-        notes += [Note(start, max(end, start + 0.001), pitch, v) for pitch, (start, v) in sounding.items()]
-        if notes:
-            yield Item(f"{source.label}#{performer}", "notes", sorted(notes, key=lambda n: (n.start, n.pitch)))
-        if touches:
-            yield Item(f"{source.label}#{performer}", "touch", touches)
+    for performer in sorted(set(notes) | set(touches)):
+        if performer in notes:
+            yield Item(f"{source.label}#{performer}", "notes", [Note(*n) for n in notes[performer]])
+        if performer in touches:
+            yield Item(f"{source.label}#{performer}", "touch", [TouchEvent(*t) for t in touches[performer]])
 
 
 def _read_csv(source: Source) -> Iterator[Item]:

@@ -58,6 +58,24 @@ SIZES = {
 }
 
 
+def recorded_settings(cfg: "TrainConfig", model_config) -> dict:
+    """The training settings a model card records: the shape the model really has (a
+    fine-tuned model has its --init-from's shape, whatever --size said) and paths that
+    do not name the machine it was trained on."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    shape = (model_config.layers, model_config.hidden, model_config.embedding)
+    settings["size"] = next((name for name, preset in SIZES.items() if preset == shape), "custom")
+    settings["layers"], settings["hidden"], settings["embedding"] = shape
+    settings["cell"], settings["dropout"] = model_config.cell, model_config.dropout
+    for key in ("data", "out", "init_from", "val_data"):
+        if settings.get(key):
+            settings[key] = checkpoint.portable_path(settings[key])
+    return settings
+
+
+NO_VALIDATION = {"note": "no validation (--val-fraction 0): best is the last checkpoint"}
+
+
 class TrainError(UserError):
     """A training run that cannot start or go on; one line says why."""
 
@@ -215,7 +233,9 @@ def load_corpus(cfg: TrainConfig) -> data.Corpus:
     """A prepared corpus folder, or (with --codec text) a raw text file; validated on
     held-out pieces of it, or with --val-data on another file or corpus (all of --data
     then trains)."""
-    path = Path(cfg.data)
+    path = data.require_exists(cfg.data)
+    if cfg.val_data:
+        data.require_exists(cfg.val_data)
     if data.is_prepared(path):
         corpus = data.load_prepared(path)
         if cfg.codec and corpus.codec.name != cfg.codec:
@@ -529,7 +549,11 @@ def check_settings(cfg: TrainConfig, corpus: data.Corpus, init, resume: bool, st
     """Everything is checked before anything is written."""
     out = state_path.parent
     if not corpus.val:
-        raise TrainError(f"{cfg.data}: no validation pieces; prepare with a validation fraction > 0 or give --val-data")
+        if cfg.val_fraction > 0:
+            raise TrainError(f"{cfg.data}: no validation pieces; prepare with --val-fraction > 0, give --val-data, "
+                             "or train with --val-fraction 0 to train without validation")
+        log.warning("no validation (--val-fraction 0): no validation loss is measured, and RUN/best is "
+                    "the last checkpoint")
     if resume and not state_path.exists():
         raise TrainError(f"{out}: nothing to resume (no train_state.pt)")
     if not resume and state_path.exists():
@@ -582,6 +606,9 @@ def agree(elapsed: float, interrupted: bool, world: int, device) -> tuple[float,
 
 def summary_lines(run: Progress, stop_reason: str, wall: float, tokens: int) -> list[str]:
     """What a run ends with: how good, from when, how fast, and whether more would help."""
+    if run.best == float("inf"):  # --val-fraction 0
+        return [f"no validation (--val-fraction 0); stopped at step {run.step} ({stop_reason})",
+                f"wall time {wall:.1f} s, {tokens / max(wall, 1e-9):,.0f} training tokens/s"]
     lines = [f"best validation loss {run.best:.4f} nats/token ({run.best / math.log(2):.3f} bits) "
              f"at step {run.best_step}; stopped at step {run.step} ({stop_reason})",
              f"wall time {wall:.1f} s, {tokens / max(wall, 1e-9):,.0f} training tokens/s"]
@@ -608,20 +635,23 @@ def restore(state_path: Path, model, optimizer, batcher, rank: int, device) -> t
     return Progress(**{k: saved[k] for k in asdict(Progress()) if k in saved}), carried  # older states lack some
 
 
-def card_meta(cfg: TrainConfig, corpus: data.Corpus, n_params: int, baseline: float, metrics: dict, step: int) -> dict:
+def card_meta(cfg: TrainConfig, corpus: data.Corpus, model_config, n_params: int, baseline: float, metrics: dict,
+              step: int) -> dict:
     """What a model folder says about how it was made (its card and config.json)."""
+    settings = recorded_settings(cfg, model_config)
     return {
-        "description": f"A TokenRNN trained by `ensemble train` on {cfg.data}.",
+        "description": f"A TokenRNN trained by `ensemble train` on {settings['data']}.",
         "parameters": n_params,
-        "data": {**corpus.summary, "train_pieces": len(corpus.train), "train_tokens": corpus.train_tokens,
+        "data": {**checkpoint.portable_data(corpus.summary),
+                 "train_pieces": len(corpus.train), "train_tokens": corpus.train_tokens,
                  "val_pieces": len(corpus.val), "val_tokens": corpus.val_tokens,
                  "unigram_entropy_nats": round(baseline, 4)},
         "validation": {**metrics, "step": step},
-        "training": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "training": settings,
         "retrain": "ensemble train " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()
-            if v not in (None, False) and k not in ("progress", "out") and not isinstance(v, bool))
-            + f" --out {cfg.out}",
+            f"--{k.replace('_', '-')} {v}" for k, v in settings.items()
+            if v not in (None, False, "custom") and k != "out" and not isinstance(v, bool))
+            + f" --out {settings['out']}",
     }
 
 
@@ -696,15 +726,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         log.debug("saved resumable state at step %d", run.step)
 
     def meta(metrics: dict) -> dict:
-        return card_meta(cfg, corpus, n_params, baseline, metrics, run.step)
+        return card_meta(cfg, corpus, raw_model.config, n_params, baseline, metrics, run.step)
 
     def validate(train_loss: float, lr: float, rate: float) -> None:
         """Validation loss, the log, and `best/` whenever it improves (so early stopping keeps the best)."""
         nonlocal metrics
-        metrics = evaluate(raw_model, corpus.val, cfg, device)
         run.last_eval_step = run.step
         csv_log.write(step=run.step, split="train", loss_nats=train_loss, loss_bits=train_loss / math.log(2),
                       perplexity=math.exp(min(train_loss, 50)), lr=lr, tokens_per_s=rate, elapsed_s=run.elapsed)
+        if not corpus.val:  # --val-fraction 0: nothing to compare; RUN/best is the last checkpoint
+            metrics = NO_VALIDATION
+            say(f"step {run.step}: train {train_loss:.4f}, no validation, lr {lr:.2g}, {rate:,.0f} tokens/s")
+            checkpoint.save(out / "best", raw_model, corpus.codec, meta(metrics))
+            return
+        metrics = evaluate(raw_model, corpus.val, cfg, device)
         csv_log.write(step=run.step, split="val", loss_nats=metrics["loss_nats"], loss_bits=metrics["loss_bits"],
                       perplexity=metrics["perplexity"], accuracy=metrics["accuracy"], lr=lr,
                       elapsed_s=run.elapsed)
@@ -837,7 +872,10 @@ def add_parser(subparsers) -> None:
     g.add_argument("--save-every", type=int, default=d["save_every"].default, help="steps between resumable saves")
     g.add_argument("--patience", type=int, default=d["patience"].default,
                    help="early stopping after N validations without improvement (0: off); best/ keeps the best")
-    g.add_argument("--val-fraction", type=float, default=d["val_fraction"].default, help="text files: share of pieces held out")
+    g.add_argument("--val-fraction", type=float, default=d["val_fraction"].default,
+                   help="text files: share held out for validation (by piece; a text too short for two pieces "
+                        "holds out its end). 0: no validation, RUN/best is the last checkpoint (also for a "
+                        "prepared corpus without validation pieces)")
     g.add_argument("--val-data", metavar="FILE_OR_CORPUS",
                    help="validate on this prepared corpus (same codec) or text file instead of a held-out "
                         "split of --data; all of --data then trains")
