@@ -16,6 +16,7 @@ from conftest import ENSEMBLE, PERIOD
 from ensemble import checkpoint
 from ensemble.codecs.text import TextCodec
 from ensemble.data import Corpus, Piece, load_prepared, text_pieces, write_prepared
+from ensemble.errors import UserError
 from ensemble.generate import generate
 from ensemble.sampling import SamplingSettings
 from ensemble.train import (StopSignals, StreamBatcher, TrainConfig, TrainError, choose_defaults, count_parameters, learning_rate,
@@ -261,6 +262,9 @@ def test_val_data_validates_on_another_corpus(tmp_path):
     write_prepared(other, TextCodec("xyz"), [Piece("x", np.array([1, 2, 3, 1, 2]))] * 2, val_fraction=0.5)
     with pytest.raises(TrainError, match="vocabularies must match"):
         train(TrainConfig(data=str(corpus), out=str(tmp_path / "r2"), val_data=str(other), progress=False))
+    with pytest.raises(UserError, match="no such file or folder: .*helt"):
+        train(TrainConfig(data=str(corpus), out=str(tmp_path / "r2"), val_data=str(tmp_path / "helt"),
+                          progress=False))
     assert not (tmp_path / "r2").exists()
 
 
