@@ -19,8 +19,8 @@ from ensemble.data import Corpus, Piece, load_prepared, text_pieces, write_prepa
 from ensemble.errors import UserError
 from ensemble.generate import generate
 from ensemble.sampling import SamplingSettings
-from ensemble.train import (StopSignals, StreamBatcher, TrainConfig, TrainError, choose_defaults, count_parameters, learning_rate,
-                            unigram_entropy, train)
+from ensemble.train import (StopSignals, StreamBatcher, TrainConfig, TrainError, choose_defaults, count_parameters,
+                            learning_rate, unigram_entropy, train)
 
 
 def test_periodic_text_is_learned(text_run):
