@@ -22,7 +22,6 @@ from ensemble.errors import UserError, a_or_an
 from ensemble.midifile import read_midi
 from ensemble.sampling import SamplingSettings, forbidden_mask, sample
 
-MIDI_CODECS = ("notes", "performance")
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
 FILE_SUFFIXES = (".abc", ".txt", *MIDI_SUFFIXES)
 
@@ -40,14 +39,13 @@ def prime_text(codec, prime: str | None, tune: str | None = None) -> str | None:
     if path.is_file():
         if suffix in MIDI_SUFFIXES:
             raise UserError(f"--prime {prime}: {a_or_an(codec.name)} model is primed with "
-                            f"{'ABC' if codec.name == 'abc' else 'text'}, not MIDI (MIDI primes are for "
-                            f"{' and '.join(MIDI_CODECS)} models)")
+                            f"{_primed_with(codec)}, not MIDI (MIDI primes are for models of played notes)")
         try:
             raw = path.read_bytes()
         except OSError as exc:
             raise UserError(f"--prime {prime}: cannot read ({exc.strerror or exc})") from None
         if b"\0" in raw:
-            raise UserError(f"--prime {prime}: binary data, not {'ABC' if codec.name == 'abc' else 'text'}")
+            raise UserError(f"--prime {prime}: binary data, not {_primed_with(codec)}")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -57,11 +55,15 @@ def prime_text(codec, prime: str | None, tune: str | None = None) -> str | None:
                         "text itself; this one looks like a file name)")
     else:
         text = prime
-    if codec.name == "abc" and (tune is not None or path.is_file()):
+    if codec.input_kind == "abc" and (tune is not None or path.is_file()):
         text = _pick_tune(text, prime, tune)
     elif tune is not None:
         raise UserError(f"--tune is for ABC models; this is {a_or_an(codec.name)} model")
     return text
+
+
+def _primed_with(codec) -> str:
+    return "ABC" if codec.input_kind == "abc" else "text"
 
 
 def _pick_tune(text: str, prime: str, tune: str | None) -> str:
@@ -87,13 +89,12 @@ def prime_tokens(codec, prime: str | None, tune: str | None = None) -> list[int]
     ABC codecs text or the path of a file that holds it (see `prime_text`)."""
     if not prime:
         return []
-    if codec.name in MIDI_CODECS:
+    if codec.input_kind == "notes":
         if tune is not None:
             raise UserError(f"--tune is for ABC models; this is {a_or_an(codec.name)} model")
-        midi = read_midi(prime, "--prime")
-        return list(codec.encode(midi) if codec.name == "performance" else codec.encode_midi(midi))
+        return list(codec.encode_midi(read_midi(prime, "--prime")))
     prime = prime_text(codec, prime, tune)
-    if codec.name == "text":
+    if hasattr(codec, "unknown_in"):  # a vocabulary from its corpus: say what it never saw
         unknown = codec.unknown_in(prime)
         if unknown:
             print(f"ensemble generate: warning: the model never saw {''.join(sorted(unknown))!r}; "
@@ -108,7 +109,7 @@ def start_token(codec, rng: np.random.Generator, mask) -> int:
     token = getattr(codec, "start_token", None)
     if token is not None:
         return int(token)
-    if codec.name == "text" and "\n" in codec.chars:
+    if codec.input_kind == "text" and "\n" in codec.chars:
         return codec.encode("\n")[0]
     allowed = np.flatnonzero(~mask) if mask is not None else np.arange(codec.vocab_size)
     return int(rng.choice(allowed))
@@ -175,15 +176,15 @@ def run(args) -> int:
     codec = ckpt.codec
     torch.set_num_threads(1)
     prime = prime_tokens(codec, args.prime, args.tune)
-    if codec.name in MIDI_CODECS:
+    if codec.input_kind == "notes":
         if not args.out:
             raise UserError(f"{a_or_an(codec.name)} model makes MIDI: give --out FILE.mid")
         tokens = generate(ckpt, prime, args.length, settings, args.seed)
-        midi = codec.decode(tokens) if codec.name == "performance" else codec.to_midi(codec.decode(tokens))
+        midi = codec.decode_midi(tokens)
         midi.save(args.out)
         print(f"wrote {args.out}: {len(tokens)} tokens, {midi.length:.1f} s", file=sys.stderr)
         return 0
-    if codec.name == "text" and not args.out:
+    if codec.input_kind == "text" and not args.out:
         # stream characters as they come, like char-rnn
         sys.stdout.write(prime_text(codec, args.prime) or "")
         generate(ckpt, prime, args.length, settings, args.seed,
@@ -191,7 +192,7 @@ def run(args) -> int:
         sys.stdout.write("\n")
         return 0
     tokens = generate(ckpt, prime, args.length, settings, args.seed)
-    decoded = codec.decode(prime + tokens) if codec.name == "abc" else codec.decode(tokens)
+    decoded = codec.decode(prime + tokens) if codec.input_kind == "abc" else codec.decode(tokens)
     text = decoded if isinstance(decoded, str) else "\n".join(str(e) for e in decoded)
     if args.out:
         Path(args.out).write_text(text + "\n")

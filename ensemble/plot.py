@@ -98,7 +98,7 @@ def trace_states(model, tokens: list[int], layer: int, which: str = "cell") -> n
 
 
 def token_labels(codec, tokens: list[int]) -> list[str]:
-    if codec.name == "text":
+    if codec.input_kind == "text":
         return [c if c.strip() else {"\n": "⏎", " ": "·"}.get(c, "?") for c in codec.decode(tokens)]
     describe = getattr(codec, "describe_token", None)
     if describe is not None:
@@ -127,7 +127,7 @@ def plot_activations(model_dir, prime: str, out, layer: int = -1, units: int = 3
     im = ax.imshow(image, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
     labels = token_labels(ckpt.codec, tokens)
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, fontsize=6, rotation=0 if ckpt.codec.name == "text" else 90, family="monospace")
+    ax.set_xticklabels(labels, fontsize=6, rotation=0 if ckpt.codec.input_kind == "text" else 90, family="monospace")
     ax.set_yticks(range(len(chosen)))
     ax.set_yticklabels([str(u) for u in chosen], fontsize=6)
     ax.set_ylabel("unit")

@@ -66,16 +66,33 @@ def check(obj, where: str = "") -> None:
         if hints[f.name] is float:
             value = float(value)
             setattr(obj, f.name, value)
-        meta = f.metadata
-        if not meta or value is None:
-            continue
-        if meta.get("choices") is not None and value not in meta["choices"]:
-            raise UserError(f"{prefix}{f.name} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
-        low, high = meta.get("low"), meta.get("high")
-        if low is not None and (value <= low if meta.get("low_open") else value < low):
-            raise UserError(f"{prefix}{f.name} must be {'>' if meta.get('low_open') else '>='} {low}, got {value}")
-        if high is not None and value > high:
-            raise UserError(f"{prefix}{f.name} must be <= {high}, got {value}")
+        _check_field(f, hints[f.name], value, prefix)
+
+
+def check_value(cls, name: str, value):
+    """One setting of dataclass `cls` checked on its own (a live /ensemble/set, a MIDI CC):
+    the same type and range rules as `check`; returns the value converted (int -> float)."""
+    hint = typing.get_type_hints(cls)[name]
+    if hint is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # OSC and MIDI deliver numbers as floats
+    ok, want = _type_ok(value, hint)
+    if not ok:
+        raise UserError(f"{name} must be {want}, got {value!r}")
+    _check_field({f.name: f for f in fields(cls)}[name], hint, value, "")
+    return float(value) if hint is float else value
+
+
+def _check_field(f, hint, value, prefix: str) -> None:
+    meta = f.metadata
+    if not meta or value is None:
+        return
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise UserError(f"{prefix}{f.name} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value <= low if meta.get("low_open") else value < low):
+        raise UserError(f"{prefix}{f.name} must be {'>' if meta.get('low_open') else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise UserError(f"{prefix}{f.name} must be <= {high}, got {value}")
 
 
 def describe_range(cls, name: str) -> str:

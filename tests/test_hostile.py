@@ -429,3 +429,34 @@ def test_restart_after_a_crash_ends_notes_numbers_above_and_counts_the_pause(not
         assert loop.time() - p.stream_time >= 119.0  # the two minutes of downtime count
     finally:
         loop.close()
+
+
+_args = st.lists(st.one_of(st.integers(-2**31, 2**31 - 1), st.floats(allow_nan=True, width=32),
+                           st.text(max_size=80), st.binary(min_size=1, max_size=40)), max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["/ensemble/hello", "/ensemble/note", "/ensemble/set", "/ensemble/mode",
+                        "/ensemble/status", "/ensemble/panic", "/ensemble/goodbye", "/ensemble/reset",
+                        "/ensemble/error", "/ensemble/x"]), _args)
+def test_any_message_gets_an_answer_or_nothing_never_an_exception(notes_model, tmp_path, address, args):
+    """Well-formed OSC with arbitrary arguments, from a host beyond this machine: every one is
+    handled (an error, an answer, or silence) and no answer is larger than 4x its request."""
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    builder = OscMessageBuilder(address)
+    for a in args:
+        builder.add_arg(a, "b" if isinstance(a, bytes) else None)
+    data = builder.build().dgram
+    loop, conductor, osc = _wide(notes_model, tmp_path)
+    try:
+        osc.datagram(build("/ensemble/hello", ["ann", "192.0.2.7", 9000]), ("192.0.2.7", 5000))
+        osc.sent.clear()
+        osc.datagram(data, ("192.0.2.9", 6000))
+        conductor.flush()
+        assert all(len(sent) <= 4 * max(len(data), 16) for _, sent in osc.sent)
+        assert all(to[0] in ("192.0.2.9", "192.0.2.7") for to, _ in osc.sent)
+        assert "ann" in conductor.performers  # nobody else's packet took ann away
+    finally:
+        loop.close()

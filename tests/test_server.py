@@ -145,13 +145,15 @@ def test_garbage_and_wrong_types_get_errors_and_the_server_keeps_serving(notes_m
         peer.send("/ensemble/mode", "dave", "karaoke")
         assert "mode must be one of" in peer.recv_until("/ensemble/error")[1]
         peer.send("/ensemble/set", "dave", "temperature", -1.0)
-        assert "out of range" in peer.recv_until("/ensemble/error")[1]
+        assert "temperature must be > 0, got -1.0" in peer.recv_until("/ensemble/error")[1]
+        peer.send("/ensemble/set", "dave", "top_p", 1.5)  # ranges are the config's: same words as a TOML error
+        assert "top_p must be <= 1, got 1.5" in peer.recv_until("/ensemble/error")[1]
         peer.send("/elsewhere/x", 1)
         assert "unknown address" in peer.recv_until("/ensemble/error")[1]
         peer.send("/ensemble/note", "dave", 60, 100)  # a good message is still answered
         address, args = peer.recv()
         assert address == "/ensemble/note" and args[0] == "dave" and args[3] == 1
-        assert server.conductor.errors == 8
+        assert server.conductor.errors == 9
 
 
 def dump_line(dump) -> list[str]:

@@ -548,6 +548,7 @@ class AbcCodec:
     """Folk-rnn style ABC codec with a fixed vocabulary; see the module docstring."""
 
     name = "abc"
+    input_kind, sources, live = "abc", ("abc",), None
 
     def __init__(self, transpose_to: str | None = None):
         if transpose_to is not None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ensemble.errors import UserError
 from ensemble.messages import MODES
+from ensemble.settings import check, setting
 
 VIRTUAL_IN, VIRTUAL_OUT = "ensemble in", "ensemble out"
 KNOWN_KEYS = {"inputs", "outputs", "virtual", "api", "thru", "feedback_ms", "poll_s", "mode",
@@ -29,16 +30,18 @@ class Route:
 
 @dataclass
 class MidiSettings:
+    """Typed and range-checked by the same validator as the server's settings."""
+
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     virtual: bool = False
     api: str | None = None
     thru: bool = False
-    feedback_ms: float = 20.0
-    poll_s: float = 2.0
-    mode: str | None = None
+    feedback_ms: float = setting(20.0, low=0, high=1000)
+    poll_s: float = setting(2.0, low=0.001, high=3600)
+    mode: str | None = setting(None, choices=MODES)
     performers: dict = field(default_factory=dict)
-    controls: dict[int, str] = field(default_factory=dict)  # CC number -> action
+    controls: dict = field(default_factory=dict)  # CC number -> action
     optional: bool = False  # no MIDI system: go on with OSC only instead of failing
 
     @property
@@ -78,23 +81,13 @@ def parse_settings(table: dict | None) -> MidiSettings:
     unknown = sorted(set(table) - KNOWN_KEYS)
     if unknown:
         raise UserError(f"[midi]: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
-    s = MidiSettings()
+    s = MidiSettings(**{k: table[k] for k in ("virtual", "api", "thru", "feedback_ms", "poll_s", "mode", "optional")
+                        if k in table})
     s.inputs = _names(table.get("inputs", []), "inputs")
     s.outputs = _names(table.get("outputs", []), "outputs")
-    for key in ("virtual", "thru", "optional"):
-        if not isinstance(table.get(key, False), bool):
-            raise UserError(f"[midi] {key} must be true or false, got {table[key]!r}")
-    s.virtual, s.thru, s.optional = table.get("virtual", False), table.get("thru", False), table.get("optional", False)
-    api = table.get("api")
-    if api is not None and (not isinstance(api, str) or not api):
-        raise UserError(f"[midi] api must be a name such as 'alsa' or 'jack', got {api!r}")
-    s.api = api
-    for key, low in (("feedback_ms", 0.0), ("poll_s", 0.001)):
-        value = table.get(key, getattr(s, key))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
-            raise UserError(f"[midi] {key} must be a number >= {low:g}, got {value!r}")
-        setattr(s, key, float(value))
-    s.mode = _mode(table.get("mode"), "mode")
+    check(s, "[midi]")
+    if s.api is not None and not s.api:
+        raise UserError("[midi] api must be a name such as 'alsa' or 'jack', got ''")
 
     controls = table.get("controls", {})
     if not isinstance(controls, dict):

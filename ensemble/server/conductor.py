@@ -21,20 +21,19 @@ Everything the conductor does happens in loop callbacks; nothing blocks.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from ensemble.engine import Sampler, make_engine
 from ensemble.sampling import SamplingSettings, forbidden_mask
 from ensemble.server import snapshot
+from ensemble.errors import UserError
 from ensemble.server.config import MODES, ServerConfig
+from ensemble.settings import check_value
 from ensemble.messages import (LOCAL, ControlError, Event, EventError, Goodbye, Hello, Origin, Output, Panic,
                                Play, Reset, SetMode, SetParam, StatusRequest, Transport)
 from ensemble.server.events import adapter_for
@@ -49,14 +48,9 @@ MAX_ID = 64  # characters in a performer id
 STATUS_PERFORMERS = 16  # performers listed in one status reply (it must fit one datagram)
 SEQ_MARGIN = 100_000  # after a restore from a periodic snapshot, numbering goes on above anything sent since
 
-# /ensemble/set parameters and the values each accepts
-PARAMETERS = {
-    "temperature": lambda v: v > 0,
-    "top_p": lambda v: 0 < v <= 1,
-    "top_k": lambda v: v >= 0 and float(v).is_integer(),
-    "threshold": lambda v: v >= 0,
-    "max_note": lambda v: v > 0,
-}
+# what /ensemble/set may change per performer: ServerConfig settings, so the ranges are
+# declared once (server/config.py) and a live value is checked as a TOML value is
+PARAMETERS = ("temperature", "top_p", "top_k", "threshold", "max_note")
 
 
 def check_id(performer_id: str) -> str:
@@ -96,7 +90,7 @@ class Conductor:
         self.recorder = recorder
         self.transports: list[Transport] = []  # OSC, MIDI, ...: attached by whoever starts them
         self.band = None
-        if self.codec.name == "gestures":
+        if self.adapter.kind == "gesture":  # the whole band in one token: stepped on a clock
             from ensemble.server.band import Band
 
             self.band = Band(self, config.gesture_interval)
@@ -198,12 +192,12 @@ class Conductor:
             self._start_generating(p)
 
     def set_parameter(self, performer_id: str, name: str, value: float) -> None:
-        check = PARAMETERS.get(name)
-        if check is None:
+        if name not in PARAMETERS:
             raise ControlError(f"unknown parameter {name!r}; known: {', '.join(PARAMETERS)}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                or not check(value):
-            raise ControlError(f"{name} {value!r} is out of range")
+        try:
+            value = check_value(ServerConfig, name, value)
+        except UserError as exc:
+            raise ControlError(str(exc)) from None
         targets = list(self.performers.values()) if performer_id == "*" else [self.get(performer_id)]
         for p in targets:
             if name in ("temperature", "top_p", "top_k"):

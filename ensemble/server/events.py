@@ -103,12 +103,13 @@ class GesturesAdapter:
         self.codec = codec
 
 
-ADAPTERS = {"notes": NotesAdapter, "touch": TouchAdapter, "gestures": GesturesAdapter}
+ADAPTERS = {"note": NotesAdapter, "touch": TouchAdapter, "gesture": GesturesAdapter}  # by the codec's `live`
 
 
 def adapter_for(codec):
-    if codec.name not in ADAPTERS:
+    adapter = ADAPTERS.get(getattr(codec, "live", None))
+    if adapter is None:
         raise NotServable(
             f"{a_or_an(codec.name)} model cannot be served live: the server needs a codec with one token per "
-            f"played event ({', '.join(ADAPTERS)}); use `ensemble generate` for {codec.name} models")
-    return ADAPTERS[codec.name](codec)
+            f"played event (a note, a touch, a gesture); use `ensemble generate` for {codec.name} models")
+    return adapter(codec)
