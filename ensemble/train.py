@@ -271,7 +271,7 @@ def with_val_data(corpus: data.Corpus, val_data: str) -> data.Corpus:
             raise TrainError(f"--val-data {path}: prepared with another {held.codec.name} codec than the training "
                              f"data's {corpus.codec.name} codec (vocabularies must match)")
         val = held.train + held.val
-    elif corpus.codec.name == "text":
+    elif corpus.codec.input_kind == "text":  # a character codec: any text file encodes
         text = data.read_text_file(path)
         unknown = corpus.codec.unknown_in(text)
         if unknown:
@@ -281,7 +281,7 @@ def with_val_data(corpus: data.Corpus, val_data: str) -> data.Corpus:
     elif path.is_dir():
         raise TrainError(f"--val-data {path}: not a prepared corpus (no manifest.json); run `ensemble prepare` first")
     else:
-        raise TrainError(f"--val-data {path}: a raw file validates only the text codec; "
+        raise TrainError(f"--val-data {path}: a raw file validates only a text-codec model; "
                          f"prepare it with the {corpus.codec.name} codec first")
     val = [p for p in val if len(p.tokens) >= 2]
     if not val:
