@@ -242,6 +242,22 @@ def test_defaults_follow_model_and_corpus_size():
     mine = TrainConfig(data="", out="", size="m", lr=1e-3, dropout=0.3, weight_decay=0.0)
     assert choose_defaults(mine, small, None) == []
     assert (mine.lr, mine.min_lr, mine.dropout, mine.weight_decay) == (1e-3, 1e-4, 0.3, 0.0)
+    assert mine.embedding is None  # 9 tokens: the preset's 64 stays
+
+
+def test_a_large_vocabulary_gets_a_wider_embedding():
+    notes = Corpus(TextCodec([chr(0x100 + i) for i in range(3659)]), [Piece("a", np.zeros(10, np.int64))] * 2,
+                   [Piece("b", np.zeros(10, np.int64))])
+    assert notes.codec.vocab_size == 3660  # as many as the notes codec's tokens
+    cfg = TrainConfig(data="", out="", size="s")
+    assert any("embedding 128" in c for c in choose_defaults(cfg, notes, None))
+    assert cfg.model_shape() == (2, 128, 128)  # 2 sqrt(3660) = 121, rounded up to 16; at most hidden
+    cfg = TrainConfig(data="", out="", size="xs")
+    choose_defaults(cfg, notes, None)
+    assert cfg.model_shape() == (1, 64, 64)
+    cfg = TrainConfig(data="", out="", size="s", embedding=32)
+    choose_defaults(cfg, notes, None)
+    assert cfg.model_shape() == (2, 128, 32)  # what the user says wins
 
 
 def test_val_data_validates_on_another_corpus(tmp_path):
