@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "ensemble.prepare",       # prepare
     "ensemble.bench",         # bench
     "ensemble.plot",          # plot
+    "ensemble.eval_style",    # eval style
     "ensemble.io.ports",      # ports
 ]
 

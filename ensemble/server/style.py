@@ -1,0 +1,452 @@
+"""Following a performer's style live: tempo, pulse, dynamics, and steering masks.
+
+The shipped `notes` model was trained on folk tunes played at 120 quarter notes a minute,
+all at velocity 80, and its 12 time bins are ~1.75x wide. Fed raw seconds and decoded to
+each bin's log-centre, it answers off the player's tempo (an eighth at 120 bpm comes
+back 30 % long), off their pulse, and always at mf. This module fixes that on the live
+path, without retraining and without changing the codec (so every model keeps loading):
+
+- **Tempo, in and out.** A per-performer tracker keeps the median of the player's recent
+  inter-onset intervals (IOIs) and turns it into a scale: the player's time divided by
+  the model's time, folded by octaves to the metrical level nearest the training
+  tempo (a tempo tracker's usual preference for ~120 bpm). Gaps go into the model as
+  ``dt / scale``, snapped to the nearest plain note value when within 12 % (so human
+  jitter does not push an eighth across the bin edge at 0.2457 s), and come out as
+  ``model value x scale``: the model is tempo-invariant, whatever the player's tempo.
+- **A bin decodes to a note value, not its log-centre.** A sampled time bin decodes to
+  the player's commonest recent (model-time) gap that fell in that bin, else to the
+  plainest note value in the bin (an eighth before a dotted eighth), else the
+  codec's centre. 2:1 figures stay 2:1, and sums of note values stay on the grid.
+- **Pulse.** The tracker counts the player's onsets in sixteenths; when the machine
+  starts after a silence (respond mode) its first note goes on the player's next beat,
+  and every later note lies a sum of note values after it: on the player's pulse.
+- **Dynamics.** Velocities come from the player: the mean of their recent velocities at
+  the same position in the beat (so their accents come back), else of all their recent
+  ones. The model has never heard dynamics, so its velocity bin is not used.
+- **Steering** (`/ensemble/set`, or the `[style]` table of the server config): pitch
+  range, scale (a named scale or ``auto``: the pitch classes of the player's last 24
+  notes), velocity range, density (notes per second at most) and overlap. Pitch,
+  scale and overlap become ONE boolean mask over the packed vocabulary, built when a
+  setting (or the auto scale's pitch-class set) changes and passed to the sampler as
+  it is: nothing is added per event. Velocity range and density are exact too, applied
+  where the event is placed.
+
+``follow = 0`` turns tempo, pulse and dynamics following off: the server then behaves
+exactly as before this module (the baseline of ``ensemble eval style --baseline``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+# The commonest inter-onset interval of the training data (eighths at 120 qpm): the
+# player's tempo is mapped to the model's by folding their median IOI onto this one.
+REFERENCE_IOI = 0.25
+# plain note values in model seconds (a beat = a quarter = 0.5 s), plainest first: a bin
+# with no gap of the player's own decodes to the first of these that lies in it
+NOTE_VALUES = (0.25, 0.5, 0.125, 1.0, 2.0, 0.375, 0.75, 1.5, 3.0, 4.0, 1 / 6, 1 / 3, 0.0625, 0.1875, 2 / 3)
+SNAP = 1.12            # a gap within 12 % of a note value is that note value
+SIXTEENTH = 0.125      # model seconds
+SLOTS = 4              # sixteenths per beat: where in the beat an onset falls
+IOI_WINDOW = 16        # onsets the tempo follows
+GAP_WINDOW = 64        # gaps the bins' values follow
+SETTLE = 4             # IOIs heard before onsets are counted in the beat
+VELOCITY_DECAY = 0.25  # weight of the newest velocity in the running means
+MIN_IOI, MAX_IOI = 0.04, 2.5  # seconds: shorter is a spread chord, longer a pause
+
+NOTE_NAMES = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
+SCALES = {
+    "major": (0, 2, 4, 5, 7, 9, 11), "ionian": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10), "aeolian": (0, 2, 3, 5, 7, 8, 10),
+    "dorian": (0, 2, 3, 5, 7, 9, 10), "phrygian": (0, 1, 3, 5, 7, 8, 10),
+    "lydian": (0, 2, 4, 6, 7, 9, 11), "mixolydian": (0, 2, 4, 5, 7, 9, 10),
+    "locrian": (0, 1, 3, 5, 6, 8, 10),
+    "harmonic": (0, 2, 3, 5, 7, 8, 11), "melodic": (0, 2, 3, 5, 7, 9, 11),
+    "pentatonic": (0, 2, 4, 7, 9), "minor-pentatonic": (0, 3, 5, 7, 10),
+    "blues": (0, 3, 5, 6, 7, 10), "chromatic": tuple(range(12)),
+}
+AUTO_WINDOW = 24       # notes the auto scale follows
+AUTO_MIN_CLASSES = 5   # before the player has used this many pitch classes, auto allows all
+
+
+def parse_scale(text: str) -> tuple[int, ...] | None:
+    """'D dorian', 'F# minor', 'Bb', 'auto', 'off' -> allowed pitch classes (None: no constraint,
+    'auto' is the caller's). ValueError with what is accepted otherwise."""
+    words = text.strip().lower().replace("_", " ").split()
+    if not words or words in (["off"], ["none"], ["chromatic"]):
+        return None
+    if len(words) > 2 or words[0][:1] not in NOTE_NAMES:
+        raise ValueError(f"scale must be 'TONIC MODE' (e.g. 'D dorian'), 'auto' or 'off', got {text!r}")
+    tonic = NOTE_NAMES[words[0][0]]
+    for accidental in words[0][1:]:
+        if accidental in "#s":
+            tonic += 1
+        elif accidental == "b":
+            tonic -= 1
+        else:
+            raise ValueError(f"unknown tonic {words[0]!r} in scale {text!r}")
+    mode = words[1] if len(words) == 2 else "major"
+    if mode not in SCALES:
+        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(SCALES)}")
+    return tuple(sorted((tonic + step) % 12 for step in SCALES[mode]))
+
+
+def _number(low, high, integer=False):
+    def parse(value):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"expected a number, got {value!r}")
+        if integer and not float(value).is_integer():
+            raise ValueError(f"expected an integer, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"{value!r} is out of range {low}..{high}")
+        return int(value) if integer else float(value)
+    return parse
+
+
+def _scale(value):
+    if not isinstance(value, str):
+        raise ValueError(f"scale takes a string such as 'D dorian', 'auto' or 'off', got {value!r}")
+    value = " ".join(value.split())
+    if value.lower() != "auto":
+        parse_scale(value)
+    return value
+
+
+# name -> parser (raises ValueError); the defaults are StyleSettings'
+SETTINGS = {
+    "low": _number(0, 127, integer=True),        # lowest pitch the machine may play
+    "high": _number(0, 127, integer=True),       # highest
+    "scale": _scale,                             # 'D dorian', 'auto', 'off'
+    "vel_low": _number(1, 127, integer=True),    # softest velocity it may play
+    "vel_high": _number(1, 127, integer=True),   # loudest
+    "density": _number(0, 1000),                 # notes per second at most (0: no limit)
+    "overlap": _number(0, 1, integer=True),      # 0: one note at a time
+    "follow": _number(0, 1, integer=True),       # 0: no tempo/pulse/dynamics following
+}
+
+
+@dataclass
+class StyleSettings:
+    low: int = 0
+    high: int = 127
+    scale: str = "off"
+    vel_low: int = 1
+    vel_high: int = 127
+    density: float = 0.0
+    overlap: int = 1
+    follow: int = 1
+
+    def update(self, name: str, value) -> None:
+        """Set one setting, checked; ValueError (nothing changed) says why."""
+        parse = SETTINGS.get(name)
+        if parse is None:
+            raise ValueError(f"unknown style setting {name!r}; known: {', '.join(SETTINGS)}")
+        try:
+            value = parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        low, high = (value, self.high) if name == "low" else (self.low, value) if name == "high" else (self.low, self.high)
+        if low > high:
+            raise ValueError(f"{name}: pitch range {low}..{high} is empty")
+        vl = value if name == "vel_low" else self.vel_low
+        vh = value if name == "vel_high" else self.vel_high
+        if vl > vh:
+            raise ValueError(f"{name}: velocity range {vl}..{vh} is empty")
+        setattr(self, name, value)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "StyleSettings":
+        s = cls()
+        for name, value in (values or {}).items():
+            s.update(name, value)
+        return s
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A machine event placed in time: when (loop seconds), and the event as sent."""
+
+    when: float
+    kind: str
+    dt: float
+    values: tuple  # (pitch, velocity)
+
+
+def bin_note_values(times) -> list[float]:
+    """Each time bin's default model-time value: the plainest note value inside it."""
+    edges = [0.0] + list(times.edges) + [math.inf]
+    out = []
+    for b in range(times.count):
+        lo, hi = edges[b], edges[b + 1]
+        if b == 0:
+            out.append(times.values[0])
+            continue
+        inside = [v for v in NOTE_VALUES if lo <= v < hi]
+        out.append(inside[0] if inside else times.values[b])
+    return out
+
+
+class StyleTables:
+    """What every performer of one codec shares: token -> (bin, pitch, velocity bin), and
+    the static masks. Built once per conductor."""
+
+    def __init__(self, codec):
+        self.codec = codec
+        n_time, n_pitch, n_vel = codec.packing.radices
+        tokens = np.arange(codec.vocab_size)
+        self.time_bin = tokens // (n_pitch * n_vel)
+        self.pitch = codec.low_pitch + (tokens // n_vel) % n_pitch
+        self.vel_bin = tokens % n_vel
+        self.is_on = self.vel_bin > 0
+        self.note_off = ~self.is_on
+        self.defaults = bin_note_values(codec.times)
+        self.edges = list(codec.times.edges)
+        self.max_dt = codec.max_dt
+        self.last_bin = codec.times.count - 1
+        self.shape = (n_time, n_pitch, n_vel)
+
+
+class Style:
+    """One performer's style follower and steering. Plain Python per event, no allocation
+    beyond small tuples; the mask is rebuilt only when what it depends on changes."""
+
+    def __init__(self, tables: StyleTables, settings: dict | StyleSettings | None = None, base_mask=None):
+        self.t = tables
+        self.codec = tables.codec
+        self.settings = settings if isinstance(settings, StyleSettings) else StyleSettings.from_dict(settings)
+        self.base_mask = base_mask          # the codec's own forbidden tokens (or None)
+        self.duet_base = tables.note_off if base_mask is None else (base_mask | tables.note_off)
+        self.reset()
+        self._rebuild()
+
+    # ------------------------------------------------------------------ state
+
+    def reset(self) -> None:
+        """Forget what was heard (the settings stay)."""
+        self.iois: deque = deque(maxlen=IOI_WINDOW)
+        self.scale = 1.0
+        self.last_onset: float | None = None  # loop time of the player's last note-on
+        self.slot = 0                         # its sixteenth within the beat
+        self.level = [None] * SLOTS           # running mean velocity per slot
+        self.overall: float | None = None
+        # per bin: how often each of the player's recent gaps (model time) fell in it
+        self.gap_counts: list[dict] = [{} for _ in range(self.t.shape[0])]
+        self.gap_window: deque = deque()
+        self.gaps: list[float | None] = [None] * self.t.shape[0]  # per bin: the commonest of those
+        self.pcs: deque = deque(maxlen=AUTO_WINDOW)
+        self.pc_count = [0] * 12
+        self.auto_classes: tuple | None = None
+        self.resumed = False                  # the machine has placed an event since the player last played
+        self.machine_onset: float | None = None
+        self.now = 0.0
+
+    # ------------------------------------------------------------------ settings and masks
+
+    def set(self, name: str, value) -> None:
+        """Change one setting and rebuild the masks; ValueError (nothing changed) says why."""
+        old = getattr(self.settings, name, None)
+        self.settings.update(name, value)
+        try:
+            self._rebuild()
+        except ValueError:
+            setattr(self.settings, name, old)
+            self._rebuild()
+            raise
+
+    def _classes(self) -> tuple | None:
+        s = self.settings.scale
+        if s.lower() == "auto":
+            return self.auto_classes
+        return parse_scale(s)
+
+    def _rebuild(self) -> None:
+        """The note-on tokens this performer's machine may play, as one mask (True = forbidden)."""
+        t, s = self.t, self.settings
+        pitch_ok = (t.pitch >= s.low) & (t.pitch <= s.high)
+        classes = self._classes()
+        if classes is not None:
+            in_scale = np.isin(t.pitch % 12, classes)
+            if np.any(pitch_ok & in_scale):
+                pitch_ok &= in_scale
+        forbid = t.is_on & ~pitch_ok
+        if not s.overlap:
+            forbid |= t.is_on & (t.time_bin == 0)  # no chords: nothing struck "together"
+        if self.base_mask is not None:
+            forbid |= self.base_mask
+        if not np.any(pitch_ok & t.is_on):
+            raise ValueError(f"no pitch the model plays ({self.codec.low_pitch}..{self.codec.high_pitch}) "
+                             f"lies in {s.low}..{s.high}")
+        self.mask = forbid if forbid.any() else None
+        duet = forbid | t.note_off
+        if np.all(duet):
+            duet = self.duet_base
+        self.duet_mask = duet
+
+    # ------------------------------------------------------------------ the player plays
+
+    def hear(self, now: float, dt: float, pitch: int, velocity: int) -> int:
+        """The player's event -> the model's token (tempo-normalised, snapped); tracks them."""
+        self.resumed = False
+        self.now = now
+        codec = self.codec
+        if not self.settings.follow:
+            return codec.encode_event(dt, pitch, velocity)
+        model_dt = dt if dt >= self.t.max_dt else self._snap(dt / self.scale)
+        token = codec.encode_event(model_dt, pitch, velocity)
+        b = int(self.t.time_bin[token])
+        if 0 < b < self.t.last_bin:
+            self._gap(b, model_dt)
+        if velocity > 0:
+            self._onset(now, pitch, velocity)
+        return token
+
+    def _gap(self, b: int, value: float) -> None:
+        """Count a gap in its bin; the bin then decodes to its commonest recent gap."""
+        counts = self.gap_counts[b]
+        counts[value] = counts.get(value, 0) + 1
+        self.gap_window.append((b, value))
+        if len(self.gap_window) > GAP_WINDOW:
+            ob, ov = self.gap_window.popleft()
+            oc = self.gap_counts[ob]
+            oc[ov] -= 1
+            if not oc[ov]:
+                del oc[ov]
+            self.gaps[ob] = max(oc, key=oc.get) if oc else None
+        self.gaps[b] = max(counts, key=counts.get)
+
+    def _onset(self, now: float, pitch: int, velocity: int) -> None:
+        if self.last_onset is not None:
+            ioi = now - self.last_onset
+            if ioi > MIN_IOI:  # (closer onsets are a chord: the same slot)
+                # counted in the player's sixteenths once their tempo is known
+                settled = len(self.iois) >= SETTLE
+                self.slot = (self.slot + round(ioi / (SIXTEENTH * self.scale))) % SLOTS if settled else 0
+                if ioi < MAX_IOI:
+                    self.iois.append(ioi)
+                    self.scale = self._tempo_scale()
+        self.last_onset = now
+        old = self.level[self.slot]
+        self.level[self.slot] = velocity if old is None else old + VELOCITY_DECAY * (velocity - old)
+        self.overall = velocity if self.overall is None else self.overall + VELOCITY_DECAY * (velocity - self.overall)
+        # the auto scale: pitch classes of the last AUTO_WINDOW notes
+        pc = pitch % 12
+        if len(self.pcs) == self.pcs.maxlen:
+            self.pc_count[self.pcs[0]] -= 1
+        self.pcs.append(pc)
+        self.pc_count[pc] += 1
+        if self.settings.scale.lower() == "auto":
+            classes = tuple(i for i in range(12) if self.pc_count[i])
+            classes = classes if len(classes) >= AUTO_MIN_CLASSES else None
+            if classes != self.auto_classes:
+                self.auto_classes = classes
+                self._rebuild()
+
+    def _tempo_scale(self) -> float:
+        """Player seconds per model second: their median IOI over the model's commonest one.
+
+        Not folded to a metrical level near the training tempo: measured, a player at 60
+        bpm in eighths heard as quarters at 120 is answered in the model's commonest
+        value (eighths) at twice their tempo; heard as eighths, they are answered at theirs."""
+        iois = sorted(self.iois)
+        n = len(iois)
+        median = iois[n // 2] if n % 2 else 0.5 * (iois[n // 2 - 1] + iois[n // 2])
+        return median / REFERENCE_IOI
+
+    @staticmethod
+    def _snap(model_dt: float) -> float:
+        if model_dt <= 0.0:
+            return model_dt
+        best, best_ratio = model_dt, SNAP
+        for v in NOTE_VALUES:
+            r = model_dt / v if model_dt > v else v / model_dt
+            if r < best_ratio:
+                best, best_ratio = v, r
+        return best
+
+    # ------------------------------------------------------------------ the machine plays
+
+    def velocity(self, when: float, model_velocity: int) -> int:
+        """The velocity to play: the player's level at this place in the beat, within range."""
+        s = self.settings
+        v = model_velocity
+        if s.follow and self.overall is not None:
+            v = self.overall
+            if self.last_onset is not None:
+                slot = (self.slot + round((when - self.last_onset) / (SIXTEENTH * self.scale))) % SLOTS
+                if self.level[slot] is not None:
+                    v = self.level[slot]
+        return int(min(max(round(v), s.vel_low), s.vel_high))
+
+    def model_dt(self, token: int) -> float:
+        """A token's time bin -> model seconds: the player's own gap in that bin, else a note value."""
+        b = int(self.t.time_bin[token])
+        gap = self.gaps[b]
+        return gap if gap is not None else self.t.defaults[b]
+
+    def place(self, token: int, stream_time: float | None, now: float) -> Placed:
+        """Where and how the machine plays `token`, the next event after `stream_time`."""
+        e = self.codec.decode_token(token)
+        start = now if stream_time is None else stream_time
+        s = self.settings
+        if not s.follow:
+            when = max(now, start + e.dt)
+            velocity = e.velocity if e.velocity == 0 else int(min(max(e.velocity, s.vel_low), s.vel_high))
+            return self._density(Placed(when, "note", e.dt, (e.pitch, velocity)), now)
+        dt = self.model_dt(token) * self.scale
+        when = start + dt
+        if when < now and not self.resumed and self.last_onset is not None:
+            # after a silence: on the player's pulse (their commonest IOI), on a beat when
+            # their last onset was on an eighth (counted in sixteenths since they began)
+            pulse = REFERENCE_IOI * self.scale
+            j = math.ceil((now - self.last_onset) / pulse)
+            if self.slot % 2 == 0 and (self.slot // 2 + j) % 2:
+                j += 1
+            when = self.last_onset + j * pulse
+        if e.velocity > 0 and self.last_onset is not None:
+            # every onset on the player's grid, from their last onset: a note after a gap
+            # of a pulse (their commonest IOI) or more on the pulse, a shorter one on half
+            # a pulse; so an off-grid value (a triplet bin, a lone sixteenth) moves one
+            # note, not the phase of the whole answer
+            pulse = REFERENCE_IOI * self.scale
+            previous = self.last_onset if self.machine_onset is None else max(self.machine_onset, self.last_onset)
+            grid = pulse if when - previous >= 0.75 * pulse else 0.5 * pulse
+            when = self.last_onset + math.floor((when - self.last_onset) / grid + 0.5) * grid
+            if when < now:
+                when += grid * math.ceil((now - when) / grid - 1e-9)
+        when = max(when, now)
+        self.resumed = True
+        velocity = 0 if e.velocity == 0 else self.velocity(when, e.velocity)
+        return self._density(Placed(when, "note", when - start, (e.pitch, velocity)), now)
+
+    def _density(self, placed: Placed, now: float) -> Placed:
+        if placed.values[1] == 0:
+            return placed
+        d = self.settings.density
+        when = placed.when
+        if d > 0 and self.machine_onset is not None:
+            when = max(when, self.machine_onset + 1.0 / d)
+        self.machine_onset = when
+        if when != placed.when:
+            placed = Placed(when, placed.kind, placed.dt + when - placed.when, placed.values)
+        return placed
+
+    def answer(self, token: int, now: float) -> tuple[int, int]:
+        """Duet: the note to answer with now (pitch, velocity)."""
+        e = self.codec.decode_token(token)
+        return e.pitch, self.velocity(now, e.velocity) if e.velocity else 0
+
+    def describe(self) -> dict:
+        return {**self.settings.as_dict(), "tempo_scale": round(self.scale, 4),
+                "auto_classes": list(self.auto_classes) if self.auto_classes else None}
