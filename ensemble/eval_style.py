@@ -144,6 +144,10 @@ def run_piece(ckpt, tables, notes, variants, settings, args, rng):
         no_mask = np.zeros(vocab, dtype=bool)
         for _ in range(args.length):
             mask = np.stack([s.mask if s.mask is not None else no_mask for s in styles])
+            for i, s in enumerate(styles):
+                bias = s.logit_bias()
+                if bias is not None:
+                    logits[i] += bias
             tokens = sample(logits, sampling, rng, mask if mask.any() else None)
             for i, (style, token) in enumerate(zip(styles, tokens)):
                 placed = style.place(int(token), stream[i], now[i])
@@ -161,7 +165,9 @@ def run_piece(ckpt, tables, notes, variants, settings, args, rng):
         r = {"semitones": k, "bpm": bpm, "level": level, "answer_notes": len(answer)}
         prime_key = kk_key([p for _, p, _ in ons])
         answer_key = kk_key([p for _, p, _ in answer])
+        r["prime_key"], r["answer_key"] = prime_key, answer_key
         r["key_agree"] = None if prime_key is None or answer_key is None else float(prime_key == answer_key)
+        r["signature_agree"] = None if r["key_agree"] is None else float(key_classes(prime_key) == key_classes(answer_key))
         if prime_key is not None and answer:
             scale = key_classes(prime_key)
             r["in_scale"] = float(np.mean([p % 12 in scale for _, p, _ in answer]))
@@ -169,6 +175,7 @@ def run_piece(ckpt, tables, notes, variants, settings, args, rng):
         later = sorted(notes, key=lambda n: (n.start, n.pitch))[args.prime_notes:args.prime_notes + len(answer)]
         own_key = kk_key([n.pitch + k for n in later]) if len(later) >= 24 else None
         r["key_agree_tune"] = None if prime_key is None or own_key is None else float(prime_key == own_key)
+        r["signature_agree_tune"] = None if r["key_agree_tune"] is None else float(key_classes(prime_key) == key_classes(own_key))
         a_times = [t for t, _, _ in answer]
         a_iois = _onset_iois(a_times)
         p_iois = _onset_iois(times)
@@ -243,6 +250,8 @@ def summarize(rows) -> dict:
         "key_agreement": mean("key_agree"),
         "key_agreement_tune": mean("key_agree_tune"),
         "in_scale": mean("in_scale"),
+        "signature_agreement": mean("signature_agree"),
+        "signature_agreement_tune": mean("signature_agree_tune"),
         "tempo_ratio": {str(b): med("tempo_ratio", rs) for b, rs in sorted(by_bpm.items())},
         "phase_ms": {str(b): med("phase_ms", rs) for b, rs in sorted(by_bpm.items())},
         "in_range": mean("in_range"),
@@ -256,9 +265,12 @@ def summarize(rows) -> dict:
 
 def report_lines(s: dict) -> list[str]:
     f = lambda x, spec=".2f": "-" if x is None else format(x, spec)  # noqa: E731
+    pct = lambda x: "-" if x is None else format(100 * x, ".1f")  # noqa: E731
     lines = [f"variants: {s['variants']}",
              f"key agreement (KK, 24 keys): {f(100 * s['key_agreement'] if s['key_agreement'] is not None else None, '.1f')} %",
              f"  the tune's own next notes (ceiling): {f(100 * s['key_agreement_tune'] if s['key_agreement_tune'] is not None else None, '.1f')} %",
+             f"  same key signature (relative major/minor count as one): {pct(s['signature_agreement'])} %"
+             f" (the tune's own next notes: {pct(s['signature_agreement_tune'])} %)",
              f"  answer notes in the prime key's scale: {f(100 * s['in_scale'] if s['in_scale'] is not None else None, '.1f')} %",
              "tempo ratio (answer/player median IOI): " + ", ".join(f"{b} bpm {f(v)}" for b, v in s["tempo_ratio"].items()),
              "phase error (median, ms): " + ", ".join(f"{b} bpm {f(v, '.0f')}" for b, v in s["phase_ms"].items()),

@@ -131,6 +131,7 @@ SETTINGS = {
     "density": _number(0, 1000),                 # notes per second at most (0: no limit)
     "overlap": _number(0, 1, integer=True),      # 0: one note at a time
     "follow": _number(0, 1, integer=True),       # 0: no tempo/pulse/dynamics following
+    "tonal": _number(0, 4),                      # pull towards the player's pitch classes (0: off)
 }
 
 
@@ -144,6 +145,7 @@ class StyleSettings:
     density: float = 0.0
     overlap: int = 1
     follow: int = 1
+    tonal: float = 0.0
 
     def update(self, name: str, value) -> None:
         """Set one setting, checked; ValueError (nothing changed) says why."""
@@ -248,6 +250,8 @@ class Style:
         self.pcs: deque = deque(maxlen=AUTO_WINDOW)
         self.pc_count = [0] * 12
         self.auto_classes: tuple | None = None
+        self._bias_dirty = True
+        self._bias = None
         self.resumed = False                  # the machine has placed an event since the player last played
         self.machine_onset: float | None = None
         self.now = 0.0
@@ -346,12 +350,28 @@ class Style:
             self.pc_count[self.pcs[0]] -= 1
         self.pcs.append(pc)
         self.pc_count[pc] += 1
+        self._bias_dirty = True
         if self.settings.scale.lower() == "auto":
             classes = tuple(i for i in range(12) if self.pc_count[i])
             classes = classes if len(classes) >= AUTO_MIN_CLASSES else None
             if classes != self.auto_classes:
                 self.auto_classes = classes
                 self._rebuild()
+
+    def logit_bias(self) -> np.ndarray | None:
+        """``tonal`` x log of the player's recent pitch-class frequencies (add-one smoothed),
+        on note-on tokens: added to the logits, the answer's pitch classes lean towards
+        theirs, so its tonal centre stays theirs (a mask alone keeps the scale, not the
+        centre). None when ``tonal`` is 0. Rebuilt only after the player played."""
+        tonal = self.settings.tonal
+        if not tonal:
+            return None
+        if self._bias_dirty or self._bias is None:
+            counts = np.asarray(self.pc_count, dtype=np.float64) + 1.0
+            by_class = (tonal * np.log(counts / counts.sum())).astype(np.float32)
+            self._bias = np.where(self.t.is_on, by_class[self.t.pitch % 12], np.float32(0.0))
+            self._bias_dirty = False
+        return self._bias
 
     def _tempo_scale(self) -> float:
         """Player seconds per model second: their median IOI over the model's commonest one.
