@@ -37,7 +37,7 @@ SIGNATURES = {
     "/ensemble/touch": ("sff",),
     "/ensemble/gesture": ("si",),
     "/ensemble/mode": ("ss",),
-    "/ensemble/set": ("ssf",),
+    "/ensemble/set": ("ssf", "sss"),  # string values: style settings such as scale "D dorian"
     "/ensemble/reset": ("s",),
     "/ensemble/goodbye": ("s",),
     "/ensemble/status": ("",),

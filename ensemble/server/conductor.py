@@ -35,10 +35,11 @@ from ensemble.engine import Sampler, make_engine
 from ensemble.sampling import SamplingSettings, forbidden_mask
 from ensemble.server import snapshot
 from ensemble.server.config import MODES, ServerConfig
-from ensemble.server.events import EventError, adapter_for
+from ensemble.server.events import EventError, OutEvent, adapter_for
 from ensemble.server.performer import Output, Performer
 from ensemble.server.recorder import Recorder
 from ensemble.server.scheduler import HeldNotes, cancel_machine
+from ensemble.server.style import SETTINGS as STYLE_SETTINGS, Style, StyleTables
 
 log = logging.getLogger("ensemble.server")
 
@@ -79,6 +80,8 @@ class Conductor:
         forbidden = list(getattr(self.codec, "forbidden", None) or [])
         self.mask = forbidden_mask(self.vocab, forbidden)
         self.duet_mask = forbidden_mask(self.vocab, forbidden + self.adapter.duet_forbidden)
+        # notes models follow each performer's tempo, pulse and dynamics (ensemble.server.style)
+        self.style_tables = StyleTables(self.codec) if self.codec.name == "notes" else None
         self.performers: dict[str, Performer] = {}
         self.pending: list[Pending] = []
         self._flush_soon = False
@@ -123,6 +126,8 @@ class Conductor:
             threshold=cfg.threshold, max_note=cfg.max_note, rng=self._rng(performer_id),
             logits=np.zeros(self.vocab, dtype=np.float32), last_heard=self.loop.time(), source=source,
         )
+        if self.style_tables is not None:
+            p.style = Style(self.style_tables, cfg.style, self.mask)
         self.performers[performer_id] = p
         if self.band is not None:
             try:
@@ -158,6 +163,8 @@ class Conductor:
         self.engine.reset_slot(p.slot)
         self.pending = [e for e in self.pending if e.performer is not p]
         p.has_logits, p.stream_time = False, None
+        if p.style is not None:
+            p.style.reset()
 
     def set_mode(self, performer_id: str, mode: str) -> None:
         if mode not in MODES:
@@ -168,10 +175,19 @@ class Conductor:
         if mode == "auto":
             self._start_generating(p)
 
-    def set_parameter(self, performer_id: str, name: str, value: float) -> None:
+    def set_parameter(self, performer_id: str, name: str, value: float | str) -> None:
+        if name in STYLE_SETTINGS and self.style_tables is not None:
+            targets = list(self.performers.values()) if performer_id == "*" else [self.get(performer_id)]
+            for p in targets:
+                try:
+                    p.style.set(name, value)
+                except ValueError as exc:
+                    raise ControlError(str(exc)) from None
+            return
         check = PARAMETERS.get(name)
         if check is None:
-            raise ControlError(f"unknown parameter {name!r}; known: {', '.join(PARAMETERS)}")
+            known = list(PARAMETERS) + (list(STYLE_SETTINGS) if self.style_tables is not None else [])
+            raise ControlError(f"unknown parameter {name!r}; known: {', '.join(known)}")
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
                 or not check(value):
             raise ControlError(f"{name} {value!r} is out of range")
@@ -232,7 +248,7 @@ class Conductor:
         values = self.adapter.check(values)
         now = self.loop.time()
         dt = FIRST_DT if p.stream_time is None else now - p.stream_time
-        token = self.adapter.token(dt, values)
+        token = self.adapter.token(dt, values) if p.style is None else p.style.hear(now, dt, *values)
         p.stream_time = now
         p.last_heard = now
         p.events_in += 1
@@ -298,13 +314,24 @@ class Conductor:
             self.held.note(p, answer, 0)
         if not self.adapter.answers(values):
             return
-        event = self.adapter.event(int(self.sampler(p.logits, p.settings, p.rng, self.duet_mask)))
+        if p.style is None:
+            event = self.adapter.event(int(self.sampler(p.logits, p.settings, p.rng, self.duet_mask)))
+        else:
+            token = int(self.sampler(self._logits(p), p.settings, p.rng, p.style.duet_mask))
+            event = OutEvent("note", 0.0, p.style.answer(token, self.loop.time()))
         if event.kind == "note":
             p.extra["duet_note"] = event.values[0]
         self._emit(p, event)
 
     def _sample(self, p: Performer) -> int:
-        return int(self.sampler(p.logits, p.settings, p.rng, self.mask))
+        if p.style is None:
+            return int(self.sampler(p.logits, p.settings, p.rng, self.mask))
+        return int(self.sampler(self._logits(p), p.settings, p.rng, p.style.mask))
+
+    @staticmethod
+    def _logits(p: Performer) -> np.ndarray:
+        bias = p.style.logit_bias()
+        return p.logits if bias is None else p.logits + bias
 
     def _start_generating(self, p: Performer) -> None:
         p.silence = None
@@ -323,9 +350,13 @@ class Conductor:
         if p.next_event is not None:  # one planned event per performer, ever
             p.next_event.cancel()
         token = self._sample(p)
-        event = self.adapter.event(token)
         now = self.loop.time()
-        when = max(now, (p.stream_time if p.stream_time is not None else now) + event.dt)
+        if p.style is not None:  # at the performer's tempo, on their pulse, at their loudness
+            event = p.style.place(token, p.stream_time, now)
+            when = event.when
+        else:
+            event = self.adapter.event(token)
+            when = max(now, (p.stream_time if p.stream_time is not None else now) + event.dt)
         p.next_event = self.loop.call_at(when, self._play_machine_event, p, token, event, when)
 
     def _play_machine_event(self, p: Performer, token: int, event, when: float) -> None:
@@ -341,6 +372,8 @@ class Conductor:
 
     def _emit(self, p: Performer, event) -> None:
         if event.kind == "note":
+            if p.style is not None and not p.style.settings.overlap and event.values[1] > 0:
+                self.held.all_off(p)  # one note at a time
             self.held.note(p, *event.values)
         else:
             self._send(p, event.kind, event.values)
@@ -395,6 +428,7 @@ class Conductor:
                 "output": getattr(out, "describe", lambda: {"name": out.name})(),
                 "rng": p.rng.bit_generator.state,
                 "since_last": None if p.stream_time is None else self.loop.time() - p.stream_time,
+                "style": p.style.settings.as_dict() if p.style is not None else None,
             })
             arrays.append({**self.engine.get_state(p.slot), "logits": p.logits.copy()})
         return performers, arrays
@@ -424,6 +458,8 @@ class Conductor:
             p.settings = SamplingSettings(info["temperature"], int(info["top_k"]), info["top_p"])
             p.threshold, p.max_note = info["threshold"], info["max_note"]
             p.rng.bit_generator.state = info["rng"]
+            for name, value in (info.get("style") or {}).items() if p.style is not None else ():
+                p.style.set(name, value)
             if info.get("since_last") is not None:
                 p.stream_time = self.loop.time() - info["since_last"]
             restored += 1

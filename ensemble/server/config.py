@@ -50,6 +50,7 @@ class ServerConfig:
     engine: str = "numpy"
     seed: int | None = None              # fixed seed: predictions reproducible per performer
     midi: dict = field(default_factory=dict)  # [midi] table, read by the MIDI layer
+    style: dict = field(default_factory=dict)  # [style] table: every performer's style settings at hello
 
     def _check_types(self) -> None:
         """TOML can hold any type: each setting is checked before it is used."""
@@ -80,6 +81,8 @@ class ServerConfig:
             fail("allow", 'a list of networks, e.g. ["192.168.1.0/24"]')
         if not isinstance(self.midi, dict):
             fail("midi", "a table")
+        if not isinstance(self.style, dict):
+            fail("style", "a table")
 
     def validate(self) -> None:
         self._check_types()
@@ -99,6 +102,12 @@ class ServerConfig:
             raise UserError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if self.threshold < 0 or self.max_note <= 0 or self.snapshot_every <= 0:
             raise UserError("threshold must be >= 0, max_note and snapshot_every > 0")
+        from ensemble.server.style import StyleSettings
+
+        try:
+            StyleSettings.from_dict(self.style)
+        except ValueError as exc:
+            raise UserError(f"style: {exc}") from None
         try:
             self.networks()
         except ValueError as exc:

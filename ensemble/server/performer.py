@@ -41,6 +41,7 @@ class Performer:
     events_out: int = 0
     source: str = ""
     extra: dict = field(default_factory=dict)
+    style: object = None              # notes models: their ensemble.server.style.Style
 
     def settings_dict(self) -> dict:
         s = self.settings
@@ -50,4 +51,5 @@ class Performer:
     def status(self) -> dict:
         return {"id": self.id, "mode": self.mode, "slot": self.slot, "output": self.output.name,
                 "events_in": self.events_in, "events_out": self.events_out, "seq": self.seq,
-                "generating": self.generating, **self.settings_dict()}
+                "generating": self.generating, **self.settings_dict(),
+                **({"style": self.style.describe()} if self.style is not None else {})}
