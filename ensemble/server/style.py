@@ -49,11 +49,16 @@ REFERENCE_IOI = 0.25
 # plain note values in model seconds (a beat = a quarter = 0.5 s), plainest first: a bin
 # with no gap of the player's own decodes to the first of these that lies in it
 NOTE_VALUES = (0.25, 0.5, 0.125, 1.0, 2.0, 0.375, 0.75, 1.5, 3.0, 4.0, 1 / 6, 1 / 3, 0.0625, 0.1875, 2 / 3)
+# how a player's median IOI may be read (as an eighth first), and the values it is judged by
+READINGS = np.array([1.0, 1.5, 0.75, 4 / 3, 2 / 3])
+LOG_PLAIN = np.log([0.0625, 0.125, 0.1875, 0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0])
+READING_MARGIN = 0.05
 SNAP = 1.12            # a gap within 12 % of a note value is that note value
 SIXTEENTH = 0.125      # model seconds
 SLOTS = 4              # sixteenths per beat: where in the beat an onset falls
 IOI_WINDOW = 16        # onsets the tempo follows
 GAP_WINDOW = 64        # gaps the bins' values follow
+TEMPO_EVERY = 2        # onsets between tempo estimates (each costs ~20 us)
 SETTLE = 4             # IOIs heard before onsets are counted in the beat
 VELOCITY_DECAY = 0.25  # weight of the newest velocity in the running means
 MIN_IOI, MAX_IOI = 0.04, 2.5  # seconds: shorter is a spread chord, longer a pause
@@ -239,6 +244,7 @@ class Style:
         """Forget what was heard (the settings stay)."""
         self.iois: deque = deque(maxlen=IOI_WINDOW)
         self.scale = 1.0
+        self._since_tempo = 0
         self.last_onset: float | None = None  # loop time of the player's last note-on
         self.slot = 0                         # its sixteenth within the beat
         self.level = [None] * SLOTS           # running mean velocity per slot
@@ -339,10 +345,14 @@ class Style:
                 self.slot = (self.slot + round(ioi / (SIXTEENTH * self.scale))) % SLOTS if settled else 0
                 if ioi < MAX_IOI:
                     self.iois.append(ioi)
-                    self.scale = self._tempo_scale()
+                    self._since_tempo += 1
+                    if self._since_tempo >= TEMPO_EVERY or len(self.iois) <= SETTLE:
+                        self.scale = self._tempo_scale()
+                        self._since_tempo = 0
         self.last_onset = now
-        old = self.level[self.slot]
-        self.level[self.slot] = velocity if old is None else old + VELOCITY_DECAY * (velocity - old)
+        if len(self.iois) >= SETTLE:  # where in the beat is known only once the tempo is
+            old = self.level[self.slot]
+            self.level[self.slot] = velocity if old is None else old + VELOCITY_DECAY * (velocity - old)
         self.overall = velocity if self.overall is None else self.overall + VELOCITY_DECAY * (velocity - self.overall)
         # the auto scale: pitch classes of the last AUTO_WINDOW notes
         pc = pitch % 12
@@ -374,15 +384,22 @@ class Style:
         return self._bias
 
     def _tempo_scale(self) -> float:
-        """Player seconds per model second: their median IOI over the model's commonest one.
+        """Player seconds per model second.
 
+        Their median IOI over the model's commonest one, unless reading the median as a
+        dotted or a triplet value (x 2/3, 3/4, 4/3, 3/2) puts their recent IOIs much closer
+        to plain note values: a hornpipe's 3:1 pairs make the median a dotted eighth, and
+        heard as an eighth the sixteenths would become 1/12 notes the model never saw.
         Not folded to a metrical level near the training tempo: measured, a player at 60
         bpm in eighths heard as quarters at 120 is answered in the model's commonest
-        value (eighths) at twice their tempo; heard as eighths, they are answered at theirs."""
-        iois = sorted(self.iois)
-        n = len(iois)
-        median = iois[n // 2] if n % 2 else 0.5 * (iois[n // 2 - 1] + iois[n // 2])
-        return median / REFERENCE_IOI
+        value (eighths) at twice their tempo; heard as eighths, at theirs."""
+        iois = np.fromiter(self.iois, dtype=np.float64)
+        base = float(np.median(iois)) / REFERENCE_IOI
+        scales = base / READINGS
+        model = np.log(iois[None, :, None] / scales[:, None, None]) - LOG_PLAIN[None, None, :]
+        error = np.abs(model).min(axis=2).mean(axis=1)
+        error[0] -= READING_MARGIN  # the median as an eighth, unless clearly worse
+        return float(scales[int(np.argmin(error))])
 
     @staticmethod
     def _snap(model_dt: float) -> float:
