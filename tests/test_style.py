@@ -182,3 +182,81 @@ def test_settings_are_checked_and_parsed():
     for bad in ({"low": 200}, {"low": 1.5}, {"scale": 3}, {"follow": 2}, {"colour": 1}, {"vel_low": 0}):
         with pytest.raises(ValueError):
             StyleSettings.from_dict(bad)
+
+
+# ---------------------------------------------------------------------- through the server
+
+
+def test_steering_over_osc_is_exact_and_bad_settings_are_errors(notes_model, tmp_path):
+    """/ensemble/set with a string value (sss) sets the scale; duet answers stay inside it."""
+    from oscpeer import OscPeer, ServerThread
+
+    from ensemble.server.config import ServerConfig
+
+    cfg = ServerConfig(model=str(notes_model), port=0, record="", snapshot="", seed=7, default_mode="duet",
+                       max_note=60.0, style={"low": 55, "high": 79})
+    with ServerThread(cfg) as server:
+        peer = OscPeer(server.port)
+        peer.send("/ensemble/hello", "dee", "127.0.0.1", peer.port)
+        peer.send("/ensemble/set", "dee", "scale", "D dorian")
+        peer.send("/ensemble/set", "dee", "vel_high", 40)
+        peer.send("/ensemble/set", "dee", "scale", "H major")  # no such tonic
+        peer.send("/ensemble/set", "dee", "low", 90)           # empty range
+        peer.send("/ensemble/set", "dee", "colour", "blue")
+        errors = [peer.recv_until("/ensemble/error")[1] for _ in range(3)]
+        assert "tonic" in errors[0].lower() and "empty" in errors[1] and "unknown parameter" in errors[2]
+        answers = []
+        for i in range(40):
+            pitch = [60, 62, 64, 65, 67, 69, 71, 72][i % 8]
+            peer.send("/ensemble/note", "dee", pitch, 100)
+            peer.send("/ensemble/note", "dee", pitch, 0)
+        before, status = peer.until_status()
+        answers = [a for a in before if a[2] > 0]
+        assert len(answers) == 40
+        assert all(55 <= a[1] <= 79 and a[1] % 12 in {2, 4, 5, 7, 9, 11, 0} for a in answers)
+        assert all(a[2] <= 40 for a in answers)
+        dee = status["performers"][0]["style"]
+        assert (dee["low"], dee["high"], dee["scale"], dee["vel_high"]) == (55, 79, "D dorian", 40)
+
+
+def test_style_defaults_come_from_the_toml_style_table(tmp_path):
+    from ensemble.errors import UserError
+    from ensemble.server.config import load_toml, make_config
+
+    path = tmp_path / "stage.toml"
+    path.write_text('[server]\nport = 6000\n[style]\nscale = "A minor"\nlow = 45\ndensity = 8\n')
+    cfg = make_config(load_toml(path), {})
+    assert cfg.style == {"scale": "A minor", "low": 45, "density": 8}
+    path.write_text('[style]\nscale = "A mixolydian flat 13"\n')
+    with pytest.raises(UserError, match="style: scale"):
+        make_config(load_toml(path), {})
+
+
+def test_eval_style_measures_answers_with_and_without_following(notes_model, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    tunes = tmp_path / "tunes.abc"
+    tunes.write_text(
+        "X:1\nT:one\nM:4/4\nL:1/8\nK:G\nGABc dedB|dedB dedB|c2ec B2dB|c2A2 A2BA|GABc dedB|dedB dedB|c2ec B2dB|A2F2 G4|]\n\n"
+        "X:2\nT:two\nM:6/8\nL:1/8\nK:D\nAFA dfd|cec dBA|AFA dfd|efe e2f|AFA dfd|cec dBA|GBG FAF|EFE D3|]\n")
+    out = {}
+    for name, extra in (("baseline", ["--baseline"]), ("follow", ["--set", "scale=auto", "--set", "tonal=1"])):
+        path = tmp_path / f"{name}.json"
+        run = subprocess.run([sys.executable, "-m", "ensemble", "eval", "style", "--model", str(notes_model),
+                              "--input", str(tunes), "--pieces", "2", "--keys", "3", "--tempos", "75,200",
+                              "--prime-notes", "16", "--length", "48", "--json", str(path), *extra],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert "tempo ratio" in run.stdout and "key agreement" in run.stdout
+        out[name] = json.load(open(path))["summary"]
+    follow, base = out["follow"], out["baseline"]
+    assert follow["variants"] == base["variants"] == 2 * 3 * 2
+    # following puts every answer onset on the player's pulse, at their loudness, in their
+    # scale (the tempo ratio is the tiny model's own rhythm: measured on folk-notes, not here)
+    for bpm in ("75.0", "200.0"):
+        assert follow["phase_ms"][bpm] < 1.0
+        assert base["tempo_ratio"][bpm] is not None
+    assert follow["velocity_diff"] < base["velocity_diff"]
+    assert follow["in_scale"] >= base["in_scale"]
