@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -58,7 +59,7 @@ SIXTEENTH = 0.125      # model seconds
 SLOTS = 4              # sixteenths per beat: where in the beat an onset falls
 IOI_WINDOW = 16        # onsets the tempo follows
 GAP_WINDOW = 64        # gaps the bins' values follow
-TEMPO_EVERY = 2        # onsets between tempo estimates (each costs ~20 us)
+READ_EVERY = 16        # onsets between readings of a steady median (a reading costs ~20 us)
 SETTLE = 4             # IOIs heard before onsets are counted in the beat
 VELOCITY_DECAY = 0.25  # weight of the newest velocity in the running means
 MIN_IOI, MAX_IOI = 0.04, 2.5  # seconds: shorter is a spread chord, longer a pause
@@ -181,9 +182,9 @@ class StyleSettings:
         return {name: getattr(self, name) for name in SETTINGS}
 
 
-@dataclass(frozen=True)
-class Placed:
-    """A machine event placed in time: when (loop seconds), and the event as sent."""
+class Placed(NamedTuple):
+    """A machine event placed in time: when (loop seconds), and the event as sent (it
+    reads like `ensemble.server.events.OutEvent`)."""
 
     when: float
     kind: str
@@ -223,6 +224,7 @@ class StyleTables:
         self.max_dt = codec.max_dt
         self.last_bin = codec.times.count - 1
         self.shape = (n_time, n_pitch, n_vel)
+        self.bin_of = self.time_bin.tolist()  # plain ints for the per-event path (no numpy scalars)
 
 
 class Style:
@@ -244,7 +246,9 @@ class Style:
         """Forget what was heard (the settings stay)."""
         self.iois: deque = deque(maxlen=IOI_WINDOW)
         self.scale = 1.0
-        self._since_tempo = 0
+        self._median = 0.0
+        self._reading = 1.0
+        self._since_reading = 0
         self.last_onset: float | None = None  # loop time of the player's last note-on
         self.slot = 0                         # its sixteenth within the beat
         self.level = [None] * SLOTS           # running mean velocity per slot
@@ -315,7 +319,7 @@ class Style:
             return codec.encode_event(dt, pitch, velocity)
         model_dt = dt if dt >= self.t.max_dt else self._snap(dt / self.scale)
         token = codec.encode_event(model_dt, pitch, velocity)
-        b = int(self.t.time_bin[token])
+        b = self.t.bin_of[token]
         if 0 < b < self.t.last_bin:
             self._gap(b, model_dt)
         if velocity > 0:
@@ -345,10 +349,7 @@ class Style:
                 self.slot = (self.slot + round(ioi / (SIXTEENTH * self.scale))) % SLOTS if settled else 0
                 if ioi < MAX_IOI:
                     self.iois.append(ioi)
-                    self._since_tempo += 1
-                    if self._since_tempo >= TEMPO_EVERY or len(self.iois) <= SETTLE:
-                        self.scale = self._tempo_scale()
-                        self._since_tempo = 0
+                    self.scale = self._tempo_scale()
         self.last_onset = now
         if len(self.iois) >= SETTLE:  # where in the beat is known only once the tempo is
             old = self.level[self.slot]
@@ -393,13 +394,20 @@ class Style:
         Not folded to a metrical level near the training tempo: measured, a player at 60
         bpm in eighths heard as quarters at 120 is answered in the model's commonest
         value (eighths) at twice their tempo; heard as eighths, at theirs."""
-        iois = np.fromiter(self.iois, dtype=np.float64)
-        base = float(np.median(iois)) / REFERENCE_IOI
-        scales = base / READINGS
-        model = np.log(iois[None, :, None] / scales[:, None, None]) - LOG_PLAIN[None, None, :]
-        error = np.abs(model).min(axis=2).mean(axis=1)
-        error[0] -= READING_MARGIN  # the median as an eighth, unless clearly worse
-        return float(scales[int(np.argmin(error))])
+        iois = sorted(self.iois)
+        n = len(iois)
+        median = iois[n // 2] if n % 2 else 0.5 * (iois[n // 2 - 1] + iois[n // 2])
+        self._since_reading += 1
+        # a steady median keeps its reading: the (numpy) reading runs when it moves
+        if abs(median - self._median) > 0.02 * median or self._since_reading >= READ_EVERY:
+            self._median, self._since_reading = median, 0
+            x = np.asarray(iois)
+            scales = (median / REFERENCE_IOI) / READINGS
+            model = np.log(x[None, :, None] / scales[:, None, None]) - LOG_PLAIN[None, None, :]
+            error = np.abs(model).min(axis=2).mean(axis=1)
+            error[0] -= READING_MARGIN  # the median as an eighth, unless clearly worse
+            self._reading = float(READINGS[int(np.argmin(error))])
+        return median / REFERENCE_IOI / self._reading
 
     @staticmethod
     def _snap(model_dt: float) -> float:
@@ -428,7 +436,7 @@ class Style:
 
     def model_dt(self, token: int) -> float:
         """A token's time bin -> model seconds: the player's own gap in that bin, else a note value."""
-        b = int(self.t.time_bin[token])
+        b = self.t.bin_of[token]
         gap = self.gaps[b]
         return gap if gap is not None else self.t.defaults[b]
 
