@@ -37,27 +37,19 @@ import numpy as np
 
 from ensemble.errors import UserError
 
-KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 LEVELS = (("pp", 40), ("mf", 72), ("f", 104))
 ACCENT = 16
 FIRST_DT = 4.0  # as the conductor: a performer's first event comes "after a long pause"
 
 
 def kk_key(pitches) -> int | None:
-    """Krumhansl-Kessler key of some pitches: 0..11 major tonics, 12..23 minor; None if too few."""
+    """Krumhansl-Kessler key of some pitches (counts of each pitch class): 0..11 major
+    tonics, 12..23 minor; None if too few or flat."""
     if len(pitches) < 4:
         return None
-    hist = np.bincount(np.asarray(pitches) % 12, minlength=12).astype(float)
-    if hist.std() == 0:
-        return None
-    best, best_r = None, -2.0
-    for mode, profile in enumerate((KK_MAJOR, KK_MINOR)):
-        for tonic in range(12):
-            r = np.corrcoef(hist, np.roll(profile, tonic))[0, 1]
-            if r > best_r:
-                best, best_r = mode * 12 + tonic, r
-    return best
+    from ensemble.server.style import kk_key as key_of_histogram
+
+    return key_of_histogram(np.bincount(np.asarray(pitches) % 12, minlength=12))
 
 
 def key_classes(key: int) -> set[int]:
@@ -144,10 +136,7 @@ def run_piece(ckpt, tables, notes, variants, settings, args, rng):
         no_mask = np.zeros(vocab, dtype=bool)
         for _ in range(args.length):
             mask = np.stack([s.mask if s.mask is not None else no_mask for s in styles])
-            for i, s in enumerate(styles):
-                bias = s.logit_bias()
-                if bias is not None:
-                    logits[i] += bias
+            logits = np.stack([s.steer(row) for s, row in zip(styles, logits)])
             tokens = sample(logits, sampling, rng, mask if mask.any() else None)
             for i, (style, token) in enumerate(zip(styles, tokens)):
                 placed = style.place(int(token), stream[i], now[i])

@@ -152,14 +152,23 @@ def test_auto_scale_follows_the_players_recent_pitch_classes():
     assert {p % 12 for p in allowed_note_ons(style)} == {p % 12 for p in e_flat}
 
 
-def test_tonal_bias_leans_towards_the_players_pitch_classes():
-    style = Style(TABLES, {"tonal": 1})
+def test_tonal_pull_leans_to_the_players_key_and_keeps_the_note_on_mass():
+    style = Style(TABLES, {"tonal": 2})
     play(style, [i * 0.25 for i in range(12)], pitches=[60, 64, 67] * 4)
-    bias = style.logit_bias()
+    logits = np.random.default_rng(0).normal(size=CODEC.vocab_size).astype(np.float32)
+    z = style.steer(logits)
     c, c_sharp = token(0.0, 60, 80), token(0.0, 61, 80)
-    assert bias[c] - bias[c_sharp] == pytest.approx(math.log(5))  # (4 + 1) / (0 + 1)
-    assert bias[token(0.25, 61, 0)] == 0  # note-offs untouched
-    assert Style(TABLES).logit_bias() is None
+    assert z[c] - logits[c] > z[c_sharp] - logits[c_sharp] + 2
+    off = TABLES.note_off
+    assert np.array_equal(z[off], logits[off])  # note-offs untouched
+
+    def on_mass(x):
+        p = np.exp(x - x.max())
+        return p[TABLES.is_on].sum() / p.sum()
+
+    assert on_mass(z) == pytest.approx(on_mass(logits.astype(np.float64)), rel=1e-9)
+    plain = Style(TABLES)
+    assert plain.steer(logits) is logits
 
 
 def test_density_and_velocity_range_are_exact():

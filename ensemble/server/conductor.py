@@ -330,8 +330,7 @@ class Conductor:
 
     @staticmethod
     def _logits(p: Performer) -> np.ndarray:
-        bias = p.style.logit_bias()
-        return p.logits if bias is None else p.logits + bias
+        return p.style.steer(p.logits)
 
     def _start_generating(self, p: Performer) -> None:
         p.silence = None
