@@ -458,7 +458,10 @@ class Conductor:
             p.threshold, p.max_note = info["threshold"], info["max_note"]
             p.rng.bit_generator.state = info["rng"]
             for name, value in (info.get("style") or {}).items() if p.style is not None else ():
-                p.style.set(name, value)
+                try:
+                    p.style.set(name, value)
+                except ValueError as exc:
+                    log.error("snapshot %s: %s's style setting not restored (%s)", path, p.id, exc)
             if info.get("since_last") is not None:
                 p.stream_time = self.loop.time() - info["since_last"]
             restored += 1
