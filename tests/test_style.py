@@ -269,3 +269,28 @@ def test_eval_style_measures_answers_with_and_without_following(notes_model, tmp
         assert base["tempo_ratio"][bpm] is not None
     assert follow["velocity_diff"] < base["velocity_diff"]
     assert follow["in_scale"] >= base["in_scale"]
+
+
+def test_what_was_heard_survives_a_snapshot_round_trip():
+    import json
+
+    style = Style(TABLES, {"scale": "auto"})
+    onsets, t = [], 0.0
+    for _ in range(12):
+        onsets += [t, t + 0.45]
+        t += 0.6
+    last = play(style, onsets, pitches=[62, 64, 66, 67, 69, 71] * 4, velocities=[30, 50] * 12)
+    saved = json.loads(json.dumps(style.state(last + 1.0)))
+    back = Style(TABLES, {"scale": "auto"})
+    back.load_state(saved, 101.0)  # restored 100 s later on another clock
+    assert back.scale == pytest.approx(style.scale)
+    assert back.gaps == style.gaps and back.level == style.level
+    assert np.array_equal(back.mask, style.mask)
+    offset = 100.0 - last  # the same moment on the two clocks
+    a_now = last + 2.0
+    for tok in (token(0.0, 64, 80), token(0.3, 66, 0), token(0.1, 67, 80)):
+        a, b = style.place(tok, last, a_now), back.place(tok, last + offset, a_now + offset)
+        assert b.when - offset == pytest.approx(a.when) and b.values == a.values
+        last = a_now = a.when
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        back.load_state({"iois": []}, 0.0)

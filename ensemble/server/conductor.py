@@ -428,6 +428,7 @@ class Conductor:
                 "rng": p.rng.bit_generator.state,
                 "since_last": None if p.stream_time is None else self.loop.time() - p.stream_time,
                 "style": p.style.settings.as_dict() if p.style is not None else None,
+                "style_state": p.style.state(self.loop.time()) if p.style is not None else None,
             })
             arrays.append({**self.engine.get_state(p.slot), "logits": p.logits.copy()})
         return performers, arrays
@@ -462,6 +463,12 @@ class Conductor:
                     p.style.set(name, value)
                 except ValueError as exc:
                     log.error("snapshot %s: %s's style setting not restored (%s)", path, p.id, exc)
+            if p.style is not None and info.get("style_state"):
+                try:
+                    p.style.load_state(info["style_state"], self.loop.time())
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("snapshot %s: %s's tempo and dynamics not restored (%s)", path, p.id, exc)
+                    p.style.reset()
             if info.get("since_last") is not None:
                 p.stream_time = self.loop.time() - info["since_last"]
             restored += 1

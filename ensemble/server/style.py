@@ -290,6 +290,40 @@ class Style:
         self.machine_onset: float | None = None
         self.now = 0.0
 
+    def state(self, now: float) -> dict:
+        """What was heard, JSON-able (loop times as seconds before `now`), for snapshots."""
+        ago = lambda t: None if t is None else now - t  # noqa: E731
+        return {"iois": list(self.iois), "median": self._median, "reading": self._reading,
+                "last_onset_ago": ago(self.last_onset), "slot": self.slot, "level": list(self.level),
+                "overall": self.overall, "gaps": [list(g) for g in self.gap_window], "pcs": list(self.pcs),
+                "machine_onset_ago": ago(self.machine_onset)}
+
+    def load_state(self, state: dict, now: float) -> None:
+        """Back to what `state` says was heard (ValueError/KeyError/TypeError if it is malformed)."""
+        self.reset()
+        back = lambda ago: None if ago is None else now - float(ago)  # noqa: E731
+        for ioi in state["iois"][-IOI_WINDOW:]:
+            self.iois.append(float(ioi))
+        self._median, self._reading = float(state["median"]), float(state["reading"])
+        if self.iois:
+            self.scale = self._median / REFERENCE_IOI / self._reading if self._median else 1.0
+        self.last_onset, self.machine_onset = back(state["last_onset_ago"]), back(state["machine_onset_ago"])
+        self.slot = int(state["slot"]) % SLOTS
+        self.level = [None if v is None else float(v) for v in state["level"]][:SLOTS]
+        self.level += [None] * (SLOTS - len(self.level))
+        self.overall = None if state["overall"] is None else float(state["overall"])
+        for b, v in state["gaps"][-GAP_WINDOW:]:
+            if not 0 < int(b) < self.t.last_bin:
+                raise ValueError(f"time bin {b} out of range")
+            self._gap(int(b), float(v))
+        for pc in state["pcs"][-AUTO_WINDOW:]:
+            self.pcs.append(int(pc) % 12)
+            self.pc_count[int(pc) % 12] += 1
+        if self.settings.scale.lower() == "auto":
+            classes = tuple(i for i in range(12) if self.pc_count[i])
+            self.auto_classes = classes if len(classes) >= AUTO_MIN_CLASSES else None
+        self._rebuild()
+
     # ------------------------------------------------------------------ settings and masks
 
     def set(self, name: str, value) -> None:
