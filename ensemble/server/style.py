@@ -288,6 +288,9 @@ class Style:
         self._bias = None
         self.resumed = False                  # the machine has placed an event since the player last played
         self.machine_onset: float | None = None
+        self.onsets: deque = deque(maxlen=IOI_WINDOW + 1)  # the player's recent onset times
+        self.anchor: float | None = None      # a point of their pulse grid, set when the machine starts
+        self.anchor_slot = 0
         self.now = 0.0
 
     def state(self, now: float) -> dict:
@@ -296,7 +299,7 @@ class Style:
         return {"iois": list(self.iois), "median": self._median, "reading": self._reading,
                 "last_onset_ago": ago(self.last_onset), "slot": self.slot, "level": list(self.level),
                 "overall": self.overall, "gaps": [list(g) for g in self.gap_window], "pcs": list(self.pcs),
-                "machine_onset_ago": ago(self.machine_onset)}
+                "machine_onset_ago": ago(self.machine_onset), "onsets_ago": [now - t for t in self.onsets]}
 
     def load_state(self, state: dict, now: float) -> None:
         """Back to what `state` says was heard (ValueError/KeyError/TypeError if it is malformed)."""
@@ -309,6 +312,8 @@ class Style:
             self.scale = self._median / REFERENCE_IOI / self._reading if self._median else 1.0
         self.last_onset, self.machine_onset = back(state["last_onset_ago"]), back(state["machine_onset_ago"])
         self.slot = int(state["slot"]) % SLOTS
+        for ago in state["onsets_ago"][-(IOI_WINDOW + 1):]:
+            self.onsets.append(now - float(ago))
         self.level = [None if v is None else float(v) for v in state["level"]][:SLOTS]
         self.level += [None] * (SLOTS - len(self.level))
         self.overall = None if state["overall"] is None else float(state["overall"])
@@ -409,6 +414,7 @@ class Style:
                     self.iois.append(ioi)
                     self.scale = self._tempo_scale()
         self.last_onset = now
+        self.onsets.append(now)
         if len(self.iois) >= SETTLE:  # where in the beat is known only once the tempo is
             old = self.level[self.slot]
             self.level[self.slot] = velocity if old is None else old + VELOCITY_DECAY * (velocity - old)
@@ -531,29 +537,43 @@ class Style:
             return self._density(Placed(when, "note", e.dt, (e.pitch, velocity)), now)
         dt = self.model_dt(token) * self.scale
         when = start + dt
-        if when < now and not self.resumed and self.last_onset is not None:
-            # after a silence: on the player's pulse (their commonest IOI), on a beat when
-            # their last onset was on an eighth (counted in sixteenths since they began)
-            pulse = REFERENCE_IOI * self.scale
-            j = math.ceil((now - self.last_onset) / pulse)
-            if self.slot % 2 == 0 and (self.slot // 2 + j) % 2:
+        pulse = REFERENCE_IOI * self.scale  # the player's commonest IOI
+        if not self.resumed and self.last_onset is not None:
+            self._anchor(pulse)
+        anchor = self.anchor
+        if when < now and not self.resumed and anchor is not None:
+            # after a silence: on the player's pulse, on a beat when the pulse is an eighth
+            j = math.ceil((now - anchor) / pulse)
+            if self.anchor_slot % 2 == 0 and (self.anchor_slot // 2 + j) % 2:
                 j += 1
-            when = self.last_onset + j * pulse
-        if e.velocity > 0 and self.last_onset is not None:
-            # every onset on the player's grid, from their last onset: a note after a gap
-            # of a pulse (their commonest IOI) or more on the pulse, a shorter one on half
-            # a pulse; so an off-grid value (a triplet bin, a lone sixteenth) moves one
-            # note, not the phase of the whole answer
-            pulse = REFERENCE_IOI * self.scale
+            when = anchor + j * pulse
+        if e.velocity > 0 and anchor is not None:
+            # every onset on the player's grid: a note after a gap of a pulse or more on
+            # the pulse, a shorter one on half a pulse; so an off-grid value (a triplet
+            # bin, a lone sixteenth) moves one note, not the phase of the whole answer
             previous = self.last_onset if self.machine_onset is None else max(self.machine_onset, self.last_onset)
             grid = pulse if when - previous >= 0.75 * pulse else 0.5 * pulse
-            when = self.last_onset + math.floor((when - self.last_onset) / grid + 0.5) * grid
+            when = anchor + math.floor((when - anchor) / grid + 0.5) * grid
             if when < now:
                 when += grid * math.ceil((now - when) / grid - 1e-9)
         when = max(when, now)
         self.resumed = True
         velocity = 0 if e.velocity == 0 else self.velocity(when, e.velocity)
         return self._density(Placed(when, "note", when - start, (e.pitch, velocity)), now)
+
+    def _anchor(self, pulse: float) -> None:
+        """The player's pulse grid: its phase is the circular mean of their recent onsets
+        modulo the pulse (their last onset alone may be off the pulse, e.g. an eighth in
+        a tune that walks in quarters), anchored next to their last onset."""
+        c = s = 0.0
+        for t in self.onsets:
+            a = (2 * math.pi / pulse) * t
+            c += math.cos(a)
+            s += math.sin(a)
+        last = self.last_onset
+        phase = math.atan2(s, c) * pulse / (2 * math.pi) if (c or s) else last
+        self.anchor = phase + round((last - phase) / pulse) * pulse
+        self.anchor_slot = (self.slot + round((self.anchor - last) / (SIXTEENTH * self.scale))) % SLOTS
 
     def _density(self, placed: Placed, now: float) -> Placed:
         if placed.values[1] == 0:
