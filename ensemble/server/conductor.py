@@ -39,7 +39,7 @@ from ensemble.server.events import EventError, OutEvent, adapter_for
 from ensemble.server.performer import Output, Performer
 from ensemble.server.recorder import Recorder
 from ensemble.server.scheduler import HeldNotes, cancel_machine
-from ensemble.server.style import SETTINGS as STYLE_SETTINGS, Style, StyleTables
+from ensemble.server.style import SETTINGS as STYLE_SETTINGS, Style
 
 log = logging.getLogger("ensemble.server")
 
@@ -81,7 +81,7 @@ class Conductor:
         self.mask = forbidden_mask(self.vocab, forbidden)
         self.duet_mask = forbidden_mask(self.vocab, forbidden + self.adapter.duet_forbidden)
         # notes models follow each performer's tempo, pulse and dynamics (ensemble.server.style)
-        self.style_tables = StyleTables(self.codec) if self.codec.name == "notes" else None
+        self.style_tables = self.adapter.style_tables() if hasattr(self.adapter, "style_tables") else None
         self.performers: dict[str, Performer] = {}
         self.pending: list[Pending] = []
         self._flush_soon = False
