@@ -217,7 +217,8 @@ def load_pieces(inputs, held_out, count, min_notes, seed):
         if len(pieces) >= count:
             break
     if not pieces:
-        raise UserError(f"no piece with {min_notes} notes or more in {', '.join(inputs)}")
+        why = "; ".join(f"{name}: {reason}" for name, reason in report.skipped[:3])
+        raise UserError(f"no piece with {min_notes} notes or more in {', '.join(inputs)}" + (f" ({why})" if why else ""))
     return pieces
 
 
@@ -273,7 +274,7 @@ def report_lines(s: dict) -> list[str]:
 
 def run(args) -> int:
     from ensemble import checkpoint
-    from ensemble.server.style import SETTINGS, StyleTables
+    from ensemble.server.style import SETTINGS, StyleSettings, StyleTables
 
     import torch
 
@@ -289,6 +290,10 @@ def run(args) -> int:
         if name not in SETTINGS:
             raise UserError(f"--set {item}: unknown style setting; known: {', '.join(SETTINGS)}")
         settings[name] = value
+    try:
+        StyleSettings.from_dict(settings)
+    except ValueError as exc:
+        raise UserError(f"--set: {exc}") from None
     try:
         tempos = [float(t) for t in args.tempos.split(",")]
     except ValueError:
