@@ -229,6 +229,8 @@ BENCHMARKS: list[Benchmark] = [
               _step_arguments, bench_step),
     Benchmark("serve", "OSC round trip through a running server: 1 performer, and 16 at 50 events/s",
               _lazy("ensemble.bench_serve", "add_arguments"), _lazy("ensemble.bench_serve", "run")),
+    Benchmark("fuzz", "bad packets of every kind while a good performer plays: lost, latency, memory, log",
+              _lazy("ensemble.bench_fuzz", "add_arguments"), _lazy("ensemble.bench_fuzz", "run")),
     Benchmark("train", "training throughput in tokens/s for a model size on this device",
               _lazy("ensemble.bench_train", "add_arguments"), _lazy("ensemble.bench_train", "run")),
     Benchmark("midi", "MIDI latency through real JACK ports (needs jackd)",

@@ -83,6 +83,39 @@ def save(folder, model: TokenRNN, codec, meta: dict | None = None) -> Path:
     return folder
 
 
+def portable_path(value) -> str:
+    """A path as a model card may record it: never the absolute path of the machine it
+    was trained on (a shipped card said `/work/main/models/folk-notes`).
+
+    Relative paths stay as typed; an absolute one becomes relative to the working folder
+    when it lies inside it, else its folder name (`RUN/best` for a run's best or last model).
+    """
+    path = Path(str(value))
+    if not path.is_absolute():
+        return str(value)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        pass
+    if path.name in ("best", "last") and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name
+
+
+def portable_data(summary: dict) -> dict:
+    """A corpus summary for a model card, its corpus folder and inputs as `portable_path`s."""
+    out = dict(summary)
+    if "corpus" in out:
+        out["corpus"] = portable_path(out["corpus"])
+    if isinstance(out.get("sources"), list):
+        sources = [str(s) for s in out["sources"]]
+        out["sources"] = [portable_path(s) for s in sources]
+        if isinstance(out.get("description"), str):  # "notes tokens of /home/me/midi"
+            for source in sorted(sources, key=len, reverse=True):
+                out["description"] = out["description"].replace(source, portable_path(source))
+    return out
+
+
 def resolve(folder) -> Path:
     """A model folder, or a training run folder (whose `best/` model is meant)."""
     folder = Path(folder)

@@ -219,10 +219,10 @@ def _chorale_sources(root: Path) -> list[Source]:
 
 # ---------------------------------------------------------------------- readers
 
-def read_source(source: Source, codec_name: str = "", options: Options | None = None) -> Iterator[Item]:
+def read_source(source: Source, input_kind: str = "", options: Options | None = None) -> Iterator[Item]:
     """The items of one file; raises `Skip` when the file cannot be used at all."""
     kind = source.kind
-    if codec_name == "text" and kind == "csv":
+    if input_kind == "text" and kind == "csv":
         kind = "text"  # for the text codec a CSV file is text like any other
     if kind == "abc":
         yield from _read_abc(source)
@@ -263,31 +263,36 @@ def _read_abc(source: Source) -> Iterator[Item]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")  # older ABC collections are Latin-1
+    for number, tune in abc_tunes(text):
+        yield Item(f"{source.label}#X{number}", "abc", tune)
+
+
+def abc_tunes(text: str) -> list[tuple[str, str]]:
+    """The tunes of an ABC file's text as (X: number, tune text), each tune carrying the
+    file header's M: and L: (which hold for every tune of the file); raises `Skip`."""
     tunes = split_tunes(text)
     if not tunes:
         if any(line.startswith("K:") for line in text.splitlines()):
             tunes = [("1", text)]  # one tune without an X: line
         else:
             raise Skip("no ABC tunes (no X: or K: lines)")
-    # M: and L: in the file header (before the first X:) hold for every tune of the file
     first = re.search(r"^X:", text, re.MULTILINE)
     preamble = text[:first.start()] if first else ""
     defaults = "".join(line + "\n" for line in preamble.splitlines() if line[:2] in ("M:", "L:"))
-    for number, tune in tunes:
-        yield Item(f"{source.label}#X{number}", "abc", defaults + tune)
+    return [(number, defaults + tune) for number, tune in tunes]
 
 
 def _read_midi(path: Path) -> list:
     import mido
 
     from ensemble.codecs.midi_notes import notes_from_midi
+    from ensemble.midifile import unreadable_reason
 
     try:
         midi = mido.MidiFile(str(path))
         notes = notes_from_midi(midi)
     except Exception as exc:  # mido raises many kinds on a damaged file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise Skip(f"not a readable MIDI file ({reason})") from None
+        raise Skip(f"not a readable MIDI file ({unreadable_reason(path, exc)})") from None
     if not notes:
         raise Skip("MIDI file without notes")
     return notes
@@ -336,7 +341,7 @@ def _read_session(source: Source) -> Iterator[Item]:
     last complete line."""
     from ensemble.codecs.midi_notes import Note
     from ensemble.codecs.touch import TouchEvent
-    from ensemble.server.recorder import read_session
+    from ensemble.session_log import notes_by_voice, read_session, touches_by_performer
 
     try:
         header, events = read_session(source.path)
@@ -344,31 +349,15 @@ def _read_session(source: Source) -> Iterator[Item]:
         raise Skip(f"not a session log ({exc})") from None
     if header.get("kind") != "session":
         raise Skip("not a session log (no session header on the first line)")
-    played = [e for e in events if e.get("dir") == "in" and e.get("kind") in ("note", "touch")]
-    if not played:
+    notes = notes_by_voice(events, lambda e: e["performer"] if e.get("dir") == "in" else None)
+    touches = touches_by_performer(events)
+    if not notes and not touches:
         raise Skip("session log without played notes or touches")
-    end = max(float(e["t"]) for e in events)
-    for performer in sorted({e["performer"] for e in played}):
-        mine = [e for e in played if e["performer"] == performer]
-        notes, sounding, touches, previous = [], {}, [], None
-        for e in mine:
-            t = float(e["t"])
-            if e["kind"] == "note":
-                pitch, velocity = (int(v) for v in e["values"])
-                if pitch in sounding:
-                    start, v = sounding.pop(pitch)
-                    notes.append(Note(start, max(t, start + 0.001), pitch, v))
-                if velocity > 0:
-                    sounding[pitch] = (t, velocity)
-            else:
-                x, y = (float(v) for v in e["values"])
-                touches.append(TouchEvent(0.0 if previous is None else t - previous, x, y))
-                previous = t
-        notes += [Note(start, max(end, start + 0.001), pitch, v) for pitch, (start, v) in sounding.items()]
-        if notes:
-            yield Item(f"{source.label}#{performer}", "notes", sorted(notes, key=lambda n: (n.start, n.pitch)))
-        if touches:
-            yield Item(f"{source.label}#{performer}", "touch", touches)
+    for performer in sorted(set(notes) | set(touches)):
+        if performer in notes:
+            yield Item(f"{source.label}#{performer}", "notes", [Note(*n) for n in notes[performer]])
+        if performer in touches:
+            yield Item(f"{source.label}#{performer}", "touch", [TouchEvent(*t) for t in touches[performer]])
 
 
 def _read_csv(source: Source) -> Iterator[Item]:
@@ -457,46 +446,27 @@ def convert(codec, item: Item, options: Options, report: Report) -> list[Piece]:
 
 
 def _convert(codec, item: Item, options: Options, report: Report) -> list[Piece]:
-    name = codec.name
-    kind = item.kind
-    if name == "abc":
-        if kind != "abc":
-            raise Skip(f"{_what(kind)}; the abc codec reads ABC tunes")
+    """An item as the codec's training input (its `input_kind`), then tokens."""
+    want, kind = codec.input_kind, item.kind
+    if want == "abc" and kind == "abc":
         tokens, dropped = _abc_tokens(codec, item.data, options)
         report.dropped.update(dropped)
         return [Piece(item.source, np.asarray([codec.token(t) for t in tokens], dtype=np.int64))]
-    if name == "text":
-        if kind == "abc":
-            text = item.data
-            if options.transpose:
-                text = AbcCodec(transpose_to=options.transpose).decode(_abc_ids(item.data, options, report))
-            return [Piece(item.source, np.asarray(codec.encode(text), dtype=np.int64))]
-        if kind == "text":
-            if not item.data:
-                raise Skip("empty text")
-            return text_pieces(item.data, codec, source=item.source, piece_chars=options.piece_chars)
-        raise Skip(f"{_what(kind)}; the text codec reads text files and ABC tunes")
-    if name in ("notes", "performance") or hasattr(codec, "encode_notes"):
-        if kind == "abc":
-            notes = abc_notes(item.data, options, report)
-        elif kind == "notes":
-            notes = item.data
-        else:
-            raise Skip(f"{_what(kind)}; the {name} codec reads MIDI files, scores and ABC tunes")
-        if hasattr(codec, "encode_notes"):
-            tokens = codec.encode_notes(notes)
-        else:
-            from ensemble.codecs.notes import from_notes
-
-            tokens = codec.encode(from_notes(notes))
-        return [Piece(item.source, np.asarray(tokens, dtype=np.int64))]
-    if name == "touch":
-        if kind != "touch":
-            raise Skip(f"{_what(kind)}; the touch codec reads touch logs (CSV time,performer,x,y)")
+    if want == "text" and kind == "abc":
+        text = item.data
+        if options.transpose:
+            text = AbcCodec(transpose_to=options.transpose).decode(_abc_ids(item.data, options, report))
+        return [Piece(item.source, np.asarray(codec.encode(text), dtype=np.int64))]
+    if want == "text" and kind == "text":
+        if not item.data:
+            raise Skip("empty text")
+        return text_pieces(item.data, codec, source=item.source, piece_chars=options.piece_chars)
+    if want == "notes" and kind in ("abc", "notes"):
+        notes = abc_notes(item.data, options, report) if kind == "abc" else item.data
+        return [Piece(item.source, np.asarray(codec.encode_notes(notes), dtype=np.int64))]
+    if want == "touch" and kind == "touch":
         return [Piece(item.source, np.asarray(codec.encode(item.data), dtype=np.int64))]
-    if name == "gestures":
-        if kind != "gestures":
-            raise Skip(f"{_what(kind)}; the gestures codec reads gesture logs (CSV time,performer,gesture)")
+    if want == "gestures" and kind == "gestures":
         states = item.data
         n = getattr(codec, "performers", None)
         if n is not None and states and len(states[0]) != n:
@@ -504,7 +474,7 @@ def _convert(codec, item: Item, options: Options, report: Report) -> list[Piece]
                 raise Skip(f"{len(states[0])} performers but the codec has {n}")
             states = [s + (0,) * (n - len(s)) for s in states]  # missing performers do nothing
         return [Piece(item.source, np.asarray(codec.encode(states), dtype=np.int64))]
-    raise Skip(f"prepare does not know how to feed the {name} codec")
+    raise Skip(f"{_what(kind)}; {codec_reads(codec)}")
 
 
 def _what(kind: str) -> str:
@@ -542,47 +512,39 @@ def abc_notes(text: str, options: Options | None = None, report: Report | None =
 
 # ---------------------------------------------------------------------- whole inputs
 
-# which kinds of file each codec can use; checked before a file is read
-CODEC_SOURCES = {
-    "abc": ("abc",),
-    "text": ("abc", "text", "csv"),
-    "notes": ("abc", "midi", "score", "session"),
-    "performance": ("abc", "midi", "score", "session"),
-    "touch": ("csv", "session"),
-    "gestures": ("csv",),
-}
 _SOURCE_WHAT = {"abc": "ABC file", "text": "text file", "csv": "CSV log", "midi": "MIDI file", "score": "score",
                 "session": "session log"}
-_CODEC_READS = {
-    "abc": "the abc codec reads ABC tunes",
-    "text": "the text codec reads text files and ABC tunes",
-    "notes": "the notes codec reads MIDI files, scores, ABC tunes and session logs",
-    "performance": "the performance codec reads MIDI files, scores, ABC tunes and session logs",
-    "touch": "the touch codec reads touch logs (CSV time,performer,x,y) and session logs",
-    "gestures": "the gestures codec reads gesture logs (CSV time,performer,gesture)",
-}
+_SOURCES_READ = {"abc": "ABC tunes", "text": "text files", "midi": "MIDI files", "score": "scores",
+                 "session": "session logs"}
+_CSV_READ = {"text": "CSV files as text", "touch": "touch logs (CSV time,performer,x,y)",
+             "gestures": "gesture logs (CSV time,performer,gesture)"}
 
 
-def usable_sources(codec_name: str, sources: list[Source], report: Report) -> list[Source]:
-    """The sources this codec can use; the others are reported as skipped without reading them."""
-    kinds = CODEC_SOURCES.get(codec_name)
-    if kinds is None:
-        return sources
+def codec_reads(codec) -> str:
+    """What a codec reads, in words, from what it declares (`sources`, `input_kind`)."""
+    kinds = [(_CSV_READ[codec.input_kind] if k == "csv" else _SOURCES_READ[k]) for k in codec.sources]
+    said = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
+    return f"the {codec.name} codec reads {said}"
+
+
+def usable_sources(codec, sources: list[Source], report: Report) -> list[Source]:
+    """The sources this codec (or codec class) can use; the others are reported as skipped
+    without reading them."""
     usable = []
     for source in sources:
-        if source.kind in kinds:
+        if source.kind in codec.sources:
             usable.append(source)
         else:
-            report.skipped.append((source.label, f"{_SOURCE_WHAT[source.kind]}; {_CODEC_READS[codec_name]}"))
+            report.skipped.append((source.label, f"{_SOURCE_WHAT[source.kind]}; {codec_reads(codec)}"))
     return usable
 
 
-def read_items(sources: list[Source], codec_name: str, report: Report, options: Options | None = None) -> Iterator[Item]:
+def read_items(sources: list[Source], codec, report: Report, options: Options | None = None) -> Iterator[Item]:
     """Every item of every source, in order; sources that fail are reported and skipped."""
-    for source in usable_sources(codec_name, sources, report):
+    for source in usable_sources(codec, sources, report):
         report.files += 1
         try:
-            yield from read_source(source, codec_name, options)
+            yield from read_source(source, codec.input_kind, options)
         except Skip as exc:
             report.skipped.append((source.label, str(exc)))
 
@@ -591,7 +553,7 @@ def _pieces_of_source(codec, source: Source, options: Options) -> tuple[list[Pie
     report = Report(files=1)
     pieces: list[Piece] = []
     try:
-        for item in read_source(source, codec.name, options):
+        for item in read_source(source, codec.input_kind, options):
             try:
                 pieces += convert(codec, item, options, report)
             except Skip as exc:
@@ -621,7 +583,7 @@ def pieces_from_sources(codec, sources: list[Source], options: Options, report: 
     """
     from tqdm import tqdm
 
-    sources = usable_sources(codec.name, sources, report)
+    sources = usable_sources(codec, sources, report)
 
     pieces: list[Piece] = []
     bar = tqdm(total=len(sources), unit="file", desc="prepare", disable=not progress, leave=False)

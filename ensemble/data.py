@@ -12,7 +12,9 @@ measures music the model has never seen any part of; it is reproducible from the
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,8 @@ import numpy as np
 from ensemble import codecs
 from ensemble.errors import UserError
 from ensemble.files import atomic_write, read_json
+
+log = logging.getLogger("ensemble.data")
 
 FORMAT = "ensemble-corpus"
 VERSION = 1
@@ -68,13 +72,41 @@ def split_by_piece(n_pieces: int, val_fraction: float, seed: int) -> np.ndarray:
 
 
 def make_corpus(codec, pieces: list[Piece], val_fraction: float = 0.1, seed: int = 0, summary=None) -> Corpus:
+    """Split pieces into training and validation by whole piece (see `split_by_piece`).
+
+    With `val_fraction` 0 everything is training data (no validation). A single piece
+    (a short text) cannot be split by piece, so its end is held out instead (`split_one`).
+    """
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     pieces = [p for p in pieces if len(p.tokens) >= 2]
-    if len(pieces) < 2:
-        raise DataError(f"need at least 2 pieces of 2 or more tokens to split, got {len(pieces)}")
+    if not pieces:
+        raise DataError("nothing to learn from: no piece has 2 or more tokens")
+    if val_fraction == 0:
+        return Corpus(codec, pieces, [], dict(summary or {}))
+    if len(pieces) == 1:
+        train, val = split_one(pieces[0], val_fraction)
+        return Corpus(codec, [train], [val], dict(summary or {}))
     is_val = split_by_piece(len(pieces), val_fraction, seed)
     train = [p for p, v in zip(pieces, is_val) if not v]
     val = [p for p, v in zip(pieces, is_val) if v]
     return Corpus(codec, train, val, dict(summary or {}))
+
+
+def split_one(piece: Piece, val_fraction: float) -> tuple[Piece, Piece]:
+    """The only piece, split by position: its last `val_fraction` (at least 2 tokens) for
+    validation. Weaker than a split by piece (the model has seen what came just before),
+    so it is said in the log."""
+    n = len(piece.tokens)
+    n_val = max(2, int(round(n * val_fraction)))
+    if n - n_val < 2:
+        raise DataError(f"{piece.source}: only {n} tokens, too few to hold any out for validation; "
+                        "give more data, or --val-fraction 0 to train without validation")
+    log.warning("only one piece (%s, %d tokens): its last %d tokens are held out for validation "
+                "(split by position, not by piece; for a fairer validation loss give more data)",
+                piece.source, n, n_val)
+    return (Piece(f"{piece.source}[:{n - n_val}]", piece.tokens[:n - n_val]),
+            Piece(f"{piece.source}[{n - n_val}:]", piece.tokens[n - n_val:]))
 
 
 def write_prepared(folder, codec, pieces: list[Piece], skipped=(), val_fraction=0.1, seed=0, extra=None) -> dict:
@@ -115,6 +147,28 @@ def write_prepared(folder, codec, pieces: list[Piece], skipped=(), val_fraction=
     atomic_write(folder / TOKENS, lambda f: np.save(f, tokens.astype(np.int32)))
     atomic_write(folder / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode() + b"\n"))
     return manifest
+
+
+def require_exists(path) -> Path:
+    """`path`, or a DataError naming it and the closest existing name beside it.
+
+    A typo in --data used to surface as an unrelated complaint ("a raw file needs
+    --codec text"); a path that is not there is said to be not there."""
+    path = Path(path)
+    if path.exists():
+        return path
+    message = f"no such file or folder: {path}"
+    parent = path.parent
+    try:
+        names = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+    except OSError:
+        names = []
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    if close:
+        message += f" (did you mean {parent / close[0] if str(parent) != '.' else close[0]}?)"
+    elif not parent.exists():
+        message += f" (there is no folder {parent})"
+    raise DataError(message)
 
 
 def is_prepared(folder) -> bool:

@@ -7,3 +7,8 @@ anything else is a bug and keeps its traceback.
 
 class UserError(Exception):
     """An error whose message alone tells the user what to fix."""
+
+
+def a_or_an(word: str) -> str:
+    """`word` with its indefinite article, for messages: "an abc", "a notes"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

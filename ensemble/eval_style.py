@@ -194,7 +194,7 @@ def held_out_sources(folder) -> set[str]:
     return {p["source"] for p in manifest.get("pieces", []) if p.get("split") == "val"}
 
 
-def load_pieces(inputs, held_out, count, min_notes, seed):
+def load_pieces(inputs, held_out, count, min_notes, seed, codec):
     """Played notes of up to `count` pieces of `inputs` (only the validation split of the
     prepared corpus `held_out`, if given), chosen at random with `seed`."""
     from ensemble import corpora
@@ -202,7 +202,7 @@ def load_pieces(inputs, held_out, count, min_notes, seed):
     report = corpora.Report()
     sources = corpora.expand_inputs(inputs, report)
     keep = held_out_sources(held_out) if held_out else None
-    items = [it for it in corpora.read_items(sources, "notes", report)
+    items = [it for it in corpora.read_items(sources, codec, report)
              if keep is None or it.source in keep]
     order = np.random.default_rng(seed).permutation(len(items))
     pieces = []
@@ -274,15 +274,22 @@ def report_lines(s: dict) -> list[str]:
 
 def run(args) -> int:
     from ensemble import checkpoint
-    from ensemble.server.style import SETTINGS, StyleSettings, StyleTables
+    from ensemble.server.style import SETTINGS, StyleSettings
 
     import torch
 
     if args.length < 1 or args.pieces < 1 or args.prime_notes < 4:
         raise UserError("--length and --pieces must be >= 1, --prime-notes >= 4")
     ckpt = checkpoint.load(args.model)
-    if ckpt.codec.name != "notes":
-        raise UserError(f"eval style needs a notes model, {args.model} has the {ckpt.codec.name} codec")
+    from ensemble.server.events import NotServable, adapter_for
+
+    try:
+        live = adapter_for(ckpt.codec)
+    except NotServable:
+        live = None
+    if not hasattr(live, "style_tables"):
+        raise UserError(f"eval style needs a model the server plays notes with, {args.model} has the "
+                        f"{ckpt.codec.name} codec")
     torch.set_num_threads(1)
     settings = {"follow": 0} if args.baseline else {}
     for item in args.set or []:
@@ -299,8 +306,8 @@ def run(args) -> int:
     except ValueError:
         raise UserError(f"--tempos takes bpm values like 60,120,200, got {args.tempos!r}") from None
     keys = list(range(-5, 7))[: args.keys] if args.keys <= 12 else list(range(-5, 7))
-    tables = StyleTables(ckpt.codec)
-    pieces = load_pieces(args.input, args.held_out, args.pieces, args.prime_notes, args.seed)
+    tables = live.style_tables()
+    pieces = load_pieces(args.input, args.held_out, args.pieces, args.prime_notes, args.seed, ckpt.codec)
     rng = np.random.default_rng(args.seed)
     rows, started = [], time.monotonic()
     for n, (source, notes) in enumerate(pieces):

@@ -3,7 +3,8 @@
 The model is primed by feeding the prime's tokens through it (the state then holds
 the prime's "style"), and the continuation is sampled token by token with
 temperature / top-k / top-p; greedy decoding only with --greedy. What a prime is and
-where the output goes depends on the codec: text and ABC are read from --prime and
+where the output goes depends on the codec: text and ABC primes are the --prime text
+itself, or the file it names when one exists (ABC: one tune of it), and the output is
 printed; MIDI codecs (`notes`, `performance`) read a .mid prime and write --out FILE.mid.
 """
 
@@ -17,25 +18,83 @@ import numpy as np
 import torch
 
 from ensemble import checkpoint
-from ensemble.errors import UserError
+from ensemble.errors import UserError, a_or_an
+from ensemble.midifile import read_midi
 from ensemble.sampling import SamplingSettings, forbidden_mask, sample
 
-MIDI_CODECS = ("notes", "performance")
+MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
+FILE_SUFFIXES = (".abc", ".txt", *MIDI_SUFFIXES)
 
 
-def prime_tokens(codec, prime: str | None) -> list[int]:
-    """The prime as tokens; for MIDI codecs `prime` is a path to a MIDI file."""
+def prime_text(codec, prime: str | None, tune: str | None = None) -> str | None:
+    """What a text or ABC model is primed with: the text of the file `prime` names when
+    such a file exists (for ABC its first tune, or tune X:`tune`), else `prime` itself.
+
+    A path typed as a prime used to be fed as the tune itself (its letters became notes),
+    so a prime that looks like a file name but names none is an error too."""
+    if prime is None:
+        return None
+    path = Path(prime)
+    suffix = path.suffix.lower()
+    if path.is_file():
+        if suffix in MIDI_SUFFIXES:
+            raise UserError(f"--prime {prime}: {a_or_an(codec.name)} model is primed with "
+                            f"{_primed_with(codec)}, not MIDI (MIDI primes are for models of played notes)")
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"--prime {prime}: cannot read ({exc.strerror or exc})") from None
+        if b"\0" in raw:
+            raise UserError(f"--prime {prime}: binary data, not {_primed_with(codec)}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")  # older ABC collections are Latin-1 (as in `prepare`)
+    elif suffix in FILE_SUFFIXES and not any(c.isspace() for c in prime):
+        raise UserError(f"--prime {prime}: no such file (a --prime that names no file is used as the "
+                        "text itself; this one looks like a file name)")
+    else:
+        text = prime
+    if codec.input_kind == "abc" and (tune is not None or path.is_file()):
+        text = _pick_tune(text, prime, tune)
+    elif tune is not None:
+        raise UserError(f"--tune is for ABC models; this is {a_or_an(codec.name)} model")
+    return text
+
+
+def _primed_with(codec) -> str:
+    return "ABC" if codec.input_kind == "abc" else "text"
+
+
+def _pick_tune(text: str, prime: str, tune: str | None) -> str:
+    """Tune X:`tune` of an ABC text (the first when `tune` is None)."""
+    from ensemble.corpora import Skip, abc_tunes
+
+    try:
+        tunes = abc_tunes(text)
+    except Skip as exc:
+        raise UserError(f"--prime {prime}: {exc}") from None
+    if tune is None:
+        return tunes[0][1]
+    for number, body in tunes:
+        if number == str(tune).strip():
+            return body
+    numbers = [n for n, _ in tunes]
+    shown = ", ".join(numbers[:10]) + (f", ... ({len(numbers)} tunes)" if len(numbers) > 10 else "")
+    raise UserError(f"--tune {tune}: no tune X:{tune} in --prime {prime} (it has X: {shown})")
+
+
+def prime_tokens(codec, prime: str | None, tune: str | None = None) -> list[int]:
+    """The prime as tokens; for MIDI codecs `prime` is a path to a MIDI file, for text and
+    ABC codecs text or the path of a file that holds it (see `prime_text`)."""
     if not prime:
         return []
-    if codec.name in MIDI_CODECS:
-        import mido
-
-        try:
-            midi = mido.MidiFile(prime)
-        except (OSError, EOFError, ValueError, KeyError, IndexError) as exc:
-            raise UserError(f"--prime {prime}: not a readable MIDI file ({exc})") from None
-        return list(codec.encode(midi) if codec.name == "performance" else codec.encode_midi(midi))
-    if codec.name == "text":
+    if codec.input_kind == "notes":
+        if tune is not None:
+            raise UserError(f"--tune is for ABC models; this is {a_or_an(codec.name)} model")
+        return list(codec.encode_midi(read_midi(prime, "--prime")))
+    prime = prime_text(codec, prime, tune)
+    if hasattr(codec, "unknown_in"):  # a vocabulary from its corpus: say what it never saw
         unknown = codec.unknown_in(prime)
         if unknown:
             print(f"ensemble generate: warning: the model never saw {''.join(sorted(unknown))!r}; "
@@ -50,7 +109,7 @@ def start_token(codec, rng: np.random.Generator, mask) -> int:
     token = getattr(codec, "start_token", None)
     if token is not None:
         return int(token)
-    if codec.name == "text" and "\n" in codec.chars:
+    if codec.input_kind == "text" and "\n" in codec.chars:
         return codec.encode("\n")[0]
     allowed = np.flatnonzero(~mask) if mask is not None else np.arange(codec.vocab_size)
     return int(rng.choice(allowed))
@@ -97,7 +156,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest tokens (0: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: smallest set of tokens with this much probability")
     p.add_argument("--greedy", action="store_true", help="always take the likeliest token (loops; for tests and curiosity)")
-    p.add_argument("--prime", help="text (text/ABC models) or a MIDI file (MIDI models) to start from")
+    p.add_argument("--prime", help="what to start from. Text and ABC models: if PRIME names an existing file, "
+                   "the file's text (ABC: its first tune, or --tune); otherwise PRIME itself is the text. "
+                   "MIDI models: a .mid file")
+    p.add_argument("--tune", metavar="N", help="ABC models: prime with tune X:N of the --prime file or text")
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
     p.add_argument("--out", help="write the output to this file (.mid for MIDI models) instead of stdout")
     p.set_defaults(func=run)
@@ -113,24 +175,24 @@ def run(args) -> int:
     ckpt = checkpoint.load(args.model)
     codec = ckpt.codec
     torch.set_num_threads(1)
-    prime = prime_tokens(codec, args.prime)
-    if codec.name in MIDI_CODECS:
+    prime = prime_tokens(codec, args.prime, args.tune)
+    if codec.input_kind == "notes":
         if not args.out:
-            raise UserError(f"a {codec.name} model makes MIDI: give --out FILE.mid")
+            raise UserError(f"{a_or_an(codec.name)} model makes MIDI: give --out FILE.mid")
         tokens = generate(ckpt, prime, args.length, settings, args.seed)
-        midi = codec.decode(tokens) if codec.name == "performance" else codec.to_midi(codec.decode(tokens))
+        midi = codec.decode_midi(tokens)
         midi.save(args.out)
         print(f"wrote {args.out}: {len(tokens)} tokens, {midi.length:.1f} s", file=sys.stderr)
         return 0
-    if codec.name == "text" and not args.out:
+    if codec.input_kind == "text" and not args.out:
         # stream characters as they come, like char-rnn
-        sys.stdout.write(args.prime or "")
+        sys.stdout.write(prime_text(codec, args.prime) or "")
         generate(ckpt, prime, args.length, settings, args.seed,
                  on_token=lambda t: (sys.stdout.write(codec.decode([t])), sys.stdout.flush()))
         sys.stdout.write("\n")
         return 0
     tokens = generate(ckpt, prime, args.length, settings, args.seed)
-    decoded = codec.decode(prime + tokens) if codec.name == "abc" else codec.decode(tokens)
+    decoded = codec.decode(prime + tokens) if codec.input_kind == "abc" else codec.decode(tokens)
     text = decoded if isinstance(decoded, str) else "\n".join(str(e) for e in decoded)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -98,7 +98,7 @@ def trace_states(model, tokens: list[int], layer: int, which: str = "cell") -> n
 
 
 def token_labels(codec, tokens: list[int]) -> list[str]:
-    if codec.name == "text":
+    if codec.input_kind == "text":
         return [c if c.strip() else {"\n": "⏎", " ": "·"}.get(c, "?") for c in codec.decode(tokens)]
     describe = getattr(codec, "describe_token", None)
     if describe is not None:
@@ -127,7 +127,7 @@ def plot_activations(model_dir, prime: str, out, layer: int = -1, units: int = 3
     im = ax.imshow(image, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
     labels = token_labels(ckpt.codec, tokens)
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, fontsize=6, rotation=0 if ckpt.codec.name == "text" else 90, family="monospace")
+    ax.set_xticklabels(labels, fontsize=6, rotation=0 if ckpt.codec.input_kind == "text" else 90, family="monospace")
     ax.set_yticks(range(len(chosen)))
     ax.set_yticklabels([str(u) for u in chosen], fontsize=6)
     ax.set_ylabel("unit")
@@ -147,36 +147,19 @@ def notes_of(path) -> list[tuple[str, float, float, int, int]]:
     """(voice, start, end, pitch, velocity) from a MIDI file or a session log."""
     path = Path(path)
     if path.suffix.lower() in (".mid", ".midi"):
-        import mido
-
         from ensemble.codecs.midi_notes import notes_from_midi
+        from ensemble.midifile import read_midi
 
-        try:
-            midi = mido.MidiFile(path)
-        except (OSError, EOFError, ValueError, KeyError, IndexError) as exc:
-            raise UserError(f"{path}: not a readable MIDI file ({exc})") from None
+        midi = read_midi(path)
         return [("notes", n.start, n.end, n.pitch, n.velocity) for n in notes_from_midi(midi)]
-    from ensemble.server.recorder import read_session
+    from ensemble.session_log import notes_by_voice, read_session
 
     try:
         _, events = read_session(path)
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: not a session log ({exc})") from None
-    notes, sounding = [], {}
-    for e in events:
-        if e.get("kind") != "note" or len(e.get("values", [])) != 2:
-            continue
-        voice = f"{e['performer']} ({'played' if e['dir'] == 'in' else 'answer'})"
-        pitch, velocity = e["values"]
-        key = (voice, pitch)
-        if key in sounding:
-            start, v = sounding.pop(key)
-            notes.append((voice, start, e["t"], pitch, v))
-        if velocity > 0:
-            sounding[key] = (e["t"], velocity)
-    end = max((e["t"] for e in events), default=0.0)
-    notes += [(voice, start, end, pitch, v) for (voice, pitch), (start, v) in sounding.items()]
-    return notes
+    voices = notes_by_voice(events, lambda e: f"{e['performer']} ({'played' if e['dir'] == 'in' else 'answer'})")
+    return [(voice, *n) for voice, found in voices.items() for n in found]
 
 
 def plot_roll(path, out) -> Path:

@@ -129,8 +129,10 @@ def prepare(codec_spec: str, inputs: list[str], out, *, val_fraction: float = 0.
     sources = corpora.expand_inputs(inputs, report)
     name = _codec_name(codec_spec)
 
-    if name == "text":
-        items = list(corpora.read_items(sources, "text", report, options))
+    if name == "text":  # the one codec whose vocabulary comes from the corpus: read first, then build
+        from ensemble.codecs.text import TextCodec
+
+        items = list(corpora.read_items(sources, TextCodec, report, options))
         chars = chars_from(chars_from_path) if chars_from_path else "".join(
             sorted(corpora.text_vocabulary(items, options, report)))
         codec = build_codec(codec_spec, transpose, chars)

@@ -54,6 +54,24 @@ SIZES = {
 }
 
 
+def recorded_settings(cfg: "TrainConfig", model_config) -> dict:
+    """The training settings a model card records: the shape the model really has (a
+    fine-tuned model has its --init-from's shape, whatever --size said) and paths that
+    do not name the machine it was trained on."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    shape = (model_config.layers, model_config.hidden, model_config.embedding)
+    settings["size"] = next((name for name, preset in SIZES.items() if preset == shape), "custom")
+    settings["layers"], settings["hidden"], settings["embedding"] = shape
+    settings["cell"], settings["dropout"] = model_config.cell, model_config.dropout
+    for key in ("data", "out", "init_from"):
+        if settings.get(key):
+            settings[key] = checkpoint.portable_path(settings[key])
+    return settings
+
+
+NO_VALIDATION = {"note": "no validation (--val-fraction 0): best is the last checkpoint"}
+
+
 class TrainError(UserError):
     """A training run that cannot start or go on; one line says why."""
 
@@ -205,7 +223,7 @@ class StreamBatcher:
 
 def load_corpus(cfg: TrainConfig) -> data.Corpus:
     """A prepared corpus folder, or (with --codec text) a raw text file."""
-    path = Path(cfg.data)
+    path = data.require_exists(cfg.data)
     if data.is_prepared(path):
         corpus = data.load_prepared(path)
         if cfg.codec and corpus.codec.name != cfg.codec:
@@ -362,7 +380,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     # -- everything is checked before anything is written
     corpus = load_corpus(cfg)
     if not corpus.val:
-        raise TrainError(f"{cfg.data}: no validation pieces; prepare with a validation fraction > 0")
+        if cfg.val_fraction > 0:
+            raise TrainError(f"{cfg.data}: no validation pieces; prepare with --val-fraction > 0, "
+                             "or train with --val-fraction 0 to train without validation")
+        log.warning("no validation (--val-fraction 0): no validation loss is measured, and RUN/best is "
+                    "the last checkpoint")
     if resume and not state_path.exists():
         raise TrainError(f"{out}: nothing to resume (no train_state.pt)")
     if not resume and state_path.exists():
@@ -457,18 +479,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         log.debug("saved resumable state at step %d", step)
 
     def meta(metrics: dict) -> dict:
+        settings = recorded_settings(cfg, raw_model.config)
         return {
-            "description": f"A TokenRNN trained by `ensemble train` on {cfg.data}.",
+            "description": f"A TokenRNN trained by `ensemble train` on {settings['data']}.",
             "parameters": n_params,
-            "data": {**corpus.summary, "train_pieces": len(corpus.train), "train_tokens": corpus.train_tokens,
+            "data": {**checkpoint.portable_data(corpus.summary),
+                     "train_pieces": len(corpus.train), "train_tokens": corpus.train_tokens,
                      "val_pieces": len(corpus.val), "val_tokens": corpus.val_tokens,
                      "unigram_entropy_nats": round(baseline, 4)},
             "validation": {**metrics, "step": step},
-            "training": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+            "training": settings,
             "retrain": "ensemble train " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()
-                if v not in (None, False) and k not in ("progress", "out") and not isinstance(v, bool))
-                + f" --out {cfg.out}",
+                f"--{k.replace('_', '-')} {v}" for k, v in settings.items()
+                if v not in (None, False, "custom") and k != "out" and not isinstance(v, bool))
+                + f" --out {settings['out']}",
         }
 
     # -- the loop
@@ -515,19 +539,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             elapsed = time.monotonic() - window_started
             stop = [False]
             if main_process:
-                metrics = evaluate(raw_model, corpus.val, cfg, device)
+                metrics = evaluate(raw_model, corpus.val, cfg, device) if corpus.val else NO_VALIDATION
                 rate = tokens_seen / max(1e-9, elapsed)
                 csv_log.write(step=step, split="train", loss_nats=loss.item(), loss_bits=loss.item() / math.log(2),
                               perplexity=math.exp(min(loss.item(), 50)), lr=lr, tokens_per_s=rate,
                               elapsed_s=time.monotonic() - started)
-                csv_log.write(step=step, split="val", loss_nats=metrics["loss_nats"], loss_bits=metrics["loss_bits"],
-                              perplexity=metrics["perplexity"], accuracy=metrics["accuracy"], lr=lr,
-                              elapsed_s=time.monotonic() - started)
-                message = (f"step {step}: train {loss.item():.4f}, val {metrics['loss_nats']:.4f} nats/token "
-                           f"({metrics['loss_bits']:.3f} bits), accuracy {metrics['accuracy']:.3f}, "
-                           f"{rate:,.0f} tokens/s")
+                if corpus.val:
+                    csv_log.write(step=step, split="val", loss_nats=metrics["loss_nats"],
+                                  loss_bits=metrics["loss_bits"], perplexity=metrics["perplexity"],
+                                  accuracy=metrics["accuracy"], lr=lr, elapsed_s=time.monotonic() - started)
+                measured = (f"val {metrics['loss_nats']:.4f} nats/token ({metrics['loss_bits']:.3f} bits), "
+                            f"accuracy {metrics['accuracy']:.3f}" if corpus.val else "no validation")
+                message = f"step {step}: train {loss.item():.4f}, {measured}, {rate:,.0f} tokens/s"
                 (progress.write if progress else log.info)(message)
-                if metrics["loss_nats"] < best:
+                if not corpus.val:  # --val-fraction 0: nothing to compare; RUN/best is the last checkpoint
+                    checkpoint.save(out / "best", raw_model, corpus.codec, meta(metrics))
+                elif metrics["loss_nats"] < best:
                     best, evals_without_gain = metrics["loss_nats"], 0
                     checkpoint.save(out / "best", raw_model, corpus.codec, meta(metrics))
                 else:
@@ -553,8 +580,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if progress is not None:
         progress.close()
     if main_process:
-        log.info("stopped after step %d (%s); best validation loss %.4f nats/token; models in %s/best and %s/last",
-                 step, stop_reason, best, out, out)
+        log.info("stopped after step %d (%s); %s; models in %s/best and %s/last", step, stop_reason,
+                 f"best validation loss {best:.4f} nats/token" if corpus.val else "no validation", out, out)
     if world > 1:
         torch.distributed.destroy_process_group()
     return {**metrics, "best": best, "step": step}
@@ -604,7 +631,10 @@ def add_parser(subparsers) -> None:
     g.add_argument("--eval-tokens", type=int, default=d["eval_tokens"].default, help="validation tokens per evaluation, at most")
     g.add_argument("--save-every", type=int, default=d["save_every"].default, help="steps between resumable saves")
     g.add_argument("--patience", type=int, default=0, help="early stopping after N validations without improvement (0: off)")
-    g.add_argument("--val-fraction", type=float, default=d["val_fraction"].default, help="text files: share of pieces held out")
+    g.add_argument("--val-fraction", type=float, default=d["val_fraction"].default,
+                   help="text files: share held out for validation (by piece; a text too short for two pieces "
+                        "holds out its end). 0: no validation, RUN/best is the last checkpoint (also for a "
+                        "prepared corpus without validation pieces)")
     g.add_argument("--seed", type=int, default=0, help="random seed (data order, initial weights, dropout)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")

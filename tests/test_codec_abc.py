@@ -252,6 +252,15 @@ def simple_tunes(draw):
     return f"X:1\nT:generated\nM:{draw(METER)}\nL:1/8\nK:{draw(KEY)}\n{body} |]\n", sum(len(b) for b in bars)
 
 
+def test_an_accidental_that_lasts_the_bar_survives_a_respelling():
+    """^E E in E flat is E sharp twice; in F sharp the first becomes ^G, so the second
+    needs its own sharp (found by hypothesis below)."""
+    ids = codec.encode("X:1\nT:t\nM:4/4\nL:1/8\nK:Eb\n^EE |]\n", errors="strict")
+    moved = codec.transpose(ids, "F#")
+    assert [n[2] for n in codec.to_notes(ids)] == [65, 65]
+    assert [n[2] for n in codec.to_notes(moved)] == [68, 68]
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(simple_tunes(), st.sampled_from(["C", "D", "F#", "Bb", "relative-C"]))
 def test_generated_tunes_round_trip_and_transpose_exactly(tune, tonic):

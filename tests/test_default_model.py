@@ -22,6 +22,18 @@ def test_default_model_is_shipped_with_its_card():
     assert f"{val:.4f}" in card and "music21" in card and "ensemble train" in card
 
 
+def test_shipped_cards_name_no_build_machine_and_the_right_size():
+    from ensemble.train import SIZES
+
+    for folder in sorted(MODEL.parent.iterdir()):
+        config = json.loads((folder / "config.json").read_text())
+        for text in ((folder / "config.json").read_text(), (folder / "README.md").read_text()):
+            assert "/work/" not in text and "/home/" not in text and "/tmp/" not in text, folder
+        assert (folder / "README.md").read_text() == checkpoint.model_card(folder.name, config)
+        model, training = config["model"], config["training"]
+        assert SIZES[training["size"]][:2] == (model["layers"], model["hidden"]), folder
+
+
 def test_serve_with_no_model_option_serves_the_default_model(tmp_path):
     proc, port = start_server_process(["--port", "0", "--no-snapshot", "--record", str(tmp_path), "--mode", "duet"])
     try:

@@ -218,7 +218,7 @@ def test_osc_steers_midi_performers_in_the_same_conductor(notes_model):
     """A MIDI performer's mode is changed by /ensemble/mode over real UDP and shows in /ensemble/status."""
 
     async def test(layer, ports, conductor):
-        osc = OscServer(conductor, "127.0.0.1", 0)
+        osc = OscServer(conductor, ServerConfig(port=0))
         _, port = osc.start()
         peer = OscPeer(port)
         try:
@@ -439,12 +439,14 @@ def test_a_port_that_is_not_there_yet_is_opened_when_it_appears(notes_model):
 # ----------------------------------------------------------------------------- no MIDI, other codecs
 
 
-def test_without_a_midi_system_osc_keeps_working(notes_model, tmp_path, caplog):
-    """ALSA without /dev/snd (or an API not compiled in): one clear log line, and OSC still answers."""
+def test_without_a_midi_system_osc_keeps_working_when_midi_is_optional(notes_model, tmp_path, caplog):
+    """ALSA without /dev/snd (or an API not compiled in), [midi] optional = true: one clear
+    log line, and OSC still answers. (Without `optional` the server refuses to start:
+    test_midi_unavailable.py.)"""
     caplog.set_level(logging.ERROR, logger="ensemble.midi")
     api = "alsa" if not Path("/dev/snd/seq").exists() else "coremidi"  # coremidi: never compiled in on Linux
     cfg = ServerConfig(model=str(notes_model), port=0, record="", snapshot="", default_mode="duet",
-                       midi={"inputs": ["keys"], "api": api})
+                       midi={"inputs": ["keys"], "api": api, "optional": True})
     with ServerThread(cfg) as server:
         peer = OscPeer(server.port)
         peer.send("/ensemble/hello", "osc-player", "127.0.0.1", peer.port)
@@ -503,19 +505,19 @@ def test_settings_are_checked_with_clear_messages():
             parse_settings(bad)
 
 
-def test_restored_outputs_are_midi_or_osc(notes_model):
-    class Osc:
-        def output_from(self, description):
-            return ("osc", description["port"])
-
+def test_restored_outputs_are_rebuilt_by_their_own_transport(notes_model):
     async def test(layer, ports, conductor):
+        osc = OscServer(conductor, ServerConfig(port=0))
         out = layer.output("synth", 3)
-        make = layer.output_or(Osc())
-        again = make(out.describe())
+        again = conductor.output_from(out.describe())
         assert isinstance(again, MidiOutput) and again.name == out.name == "midi:synth:3"
-        assert make({"type": "osc", "host": "127.0.0.1", "port": 9000}) == ("osc", 9000)
+        assert layer.output_from({"type": "osc", "host": "127.0.0.1", "port": 9000}) is None
+        assert conductor.output_from({"type": "osc", "host": "127.0.0.1", "port": 9000}).name == "osc:127.0.0.1:9000"
         with pytest.raises(ValueError, match="not open now"):
-            make({"type": "midi", "port": "elsewhere", "channel": 1})
+            conductor.output_from({"type": "midi", "port": "elsewhere", "channel": 1})
+        with pytest.raises(ValueError, match="no transport"):
+            conductor.output_from({"type": "pigeon", "name": "coop"})
+        assert osc.output_from(out.describe()) is None
 
     run(notes_model, test, {})
 

@@ -258,3 +258,12 @@ def test_help_explains_every_option(capsys):
                    "--chars-from", "--piece-chars", "--tempo", "--strict", "--workers", "--no-progress",
                    "music21:folk", "time,performer,x,y"]:
         assert option in text, option
+
+
+def test_piece_names_leave_out_abc_comments(tmp_path, capsys):
+    tunes = tmp_path / "english.abc"
+    tunes.write_text("X:1   % tune no 1\nM:2/4\nL:1/8\nK:G\nGABc|dcBA|\n\nX: 2 %second\nK:D\nDEFG|ABcd|\n")
+    out = tmp_path / "out"
+    assert prepare("--codec", "abc", "--input", tunes, "--out", out) == 0
+    sources = [p["source"] for p in manifest_of(out)["pieces"]]
+    assert sorted(sources) == [f"{tunes}#X1", f"{tunes}#X2"]

@@ -18,7 +18,7 @@ from ensemble import checkpoint
 from ensemble.engine import Sampler
 from ensemble.sampling import SamplingSettings
 from ensemble.server.config import ServerConfig
-from ensemble.server.recorder import read_session
+from ensemble.session_log import read_session
 from oscpeer import OscPeer, ServerThread, start_server_process
 
 SEED = 1234
@@ -148,13 +148,15 @@ def test_garbage_and_wrong_types_get_errors_and_the_server_keeps_serving(notes_m
         peer.send("/ensemble/mode", "dave", "karaoke")
         assert "mode must be one of" in peer.recv_until("/ensemble/error")[1]
         peer.send("/ensemble/set", "dave", "temperature", -1.0)
-        assert "out of range" in peer.recv_until("/ensemble/error")[1]
+        assert "temperature must be > 0, got -1.0" in peer.recv_until("/ensemble/error")[1]
+        peer.send("/ensemble/set", "dave", "top_p", 1.5)  # ranges are the config's: same words as a TOML error
+        assert "top_p must be <= 1, got 1.5" in peer.recv_until("/ensemble/error")[1]
         peer.send("/elsewhere/x", 1)
         assert "unknown address" in peer.recv_until("/ensemble/error")[1]
         peer.send("/ensemble/note", "dave", 60, 100)  # a good message is still answered
         address, args = peer.recv()
         assert address == "/ensemble/note" and args[0] == "dave" and args[3] == 1
-        assert server.conductor.errors == 8
+        assert server.conductor.errors == 9
 
 
 def dump_line(dump) -> list[str]:
@@ -186,9 +188,31 @@ def test_oscsend_in_oscdump_out(notes_model, tmp_path):
             send("/ensemble/note", "sff", "erin", "1.5", "2.0")  # wrong types: error to erin's address
             fields = dump_line(dump)
             assert fields[:3] == ["/ensemble/error", "ss", '"/ensemble/note"'] and "takes" in " ".join(fields)
+            # oscsend closes its port at once: the status comes to the port named, or to erin's address
+            send("/ensemble/status", "i", str(dump_port))
+            fields = dump_line(dump)
+            assert fields[:2] == ["/ensemble/status", "s"] and '"performers_total":1' in " ".join(fields[2:])
+            send("/ensemble/status", "s", "erin")
+            fields = dump_line(dump)
+            assert fields[:2] == ["/ensemble/status", "s"] and '"id":"erin"' in " ".join(fields[2:])
     finally:
         dump.kill()
         dump.wait()
+
+
+def test_panic_silences_auto_until_the_performer_plays_and_status_shows_it(notes_model, tmp_path):
+    cfg = config(notes_model, tmp_path, default_mode="auto", max_note=0.2)
+    with ServerThread(cfg) as server:
+        peer = OscPeer(server.port)
+        peer.send("/ensemble/hello", "gil", "127.0.0.1", peer.port)
+        peer.recv_until("/ensemble/note")  # auto plays from hello on
+        peer.send("/ensemble/panic")
+        _, status = peer.until_status()
+        gil = status["performers"][0]
+        assert gil["mode"] == "auto" and gil["silenced_by_panic"] and not gil["generating"]
+        peer.send("/ensemble/note", "gil", 60, 90)  # playing again brings the machine back
+        _, status = peer.until_status()
+        assert not status["performers"][0]["silenced_by_panic"] and status["performers"][0]["generating"]
 
 
 def test_sigterm_then_restore_continues_exactly(notes_model, tmp_path):
@@ -238,10 +262,16 @@ def test_sigterm_then_restore_continues_exactly(notes_model, tmp_path):
     assert [tuple(r[1:3]) for r in received[:len(before)]] == before
     # shutdown ended the last answer (the off that the 5th event would have sent) ...
     assert tuple(received[len(before)][1:3]) == expected[len(before)] and len(received) == len(before) + 1
-    # ... and the restored server answers exactly as the uninterrupted history predicts
+    # the restored server first ends any note its output may still sound (every pitch) ...
+    codec = checkpoint.load(notes_model).codec
+    pitches = list(range(codec.low_pitch, codec.high_pitch + 1))
+    assert [tuple(r[1:3]) for r in after[:len(pitches)]] == [(p, 0) for p in pitches]
+    after_offs, after = after[:len(pitches)], after[len(pitches):]
+    # ... and then answers exactly as the uninterrupted history predicts
     assert [tuple(r[1:3]) for r in after] == expected[len(before) + 1:]
     assert all(r[0] == "fay" for r in after)
-    assert after[0][3] == received[-1][3] + 1  # sequence numbers continue across the restart
+    # a clean shutdown's snapshot is exact: sequence numbers continue across the restart
+    assert [r[3] for r in after_offs + after] == list(range(received[-1][3] + 1, received[-1][3] + 1 + len(after_offs + after)))
 
 
 def test_recordings_become_training_data(notes_model, tmp_path):
@@ -362,9 +392,10 @@ def test_wider_binding_hears_only_allowed_networks_at_a_bounded_rate(notes_model
 
     async def main():
         loop = asyncio.get_running_loop()
-        cfg = config(notes_model, tmp_path, record="", default_mode="listen")
+        cfg = config(notes_model, tmp_path, record="", default_mode="listen", host="0.0.0.0",
+                     allow=["192.0.2.0/24"], rate_limit=5.0)
         conductor = Conductor(checkpoint.load(notes_model), cfg, loop)
-        osc = OscServer(conductor, host="0.0.0.0", allow=["192.0.2.0/24"], rate_limit=5)
+        osc = OscServer(conductor, cfg)
         hello = build("/ensemble/hello", ["kim", "192.0.2.7", 9])
         osc.datagram(hello, ("198.51.100.1", 5000))  # not an allowed network: dropped, unanswered
         assert "kim" not in conductor.performers and osc.rejected == 1

@@ -189,3 +189,101 @@ def test_early_stopping_when_validation_stops_improving(tmp_path, periodic_text)
                                steps=1000, seq_len=16, batch=4, eval_every=10, lr=1e-12, min_lr=1e-12,
                                patience=2, progress=False))
     assert result["step"] == 30
+
+
+def test_model_card_records_the_real_shape_and_no_machine_paths(tmp_path, text_run, periodic_text):
+    # a fine-tuned model has its --init-from's shape (here xs), whatever --size said (default m),
+    # and its card names no absolute path of the machine it was trained on
+    out = tmp_path / "tuned"
+    train(TrainConfig(data=str(periodic_text), out=str(out), codec="text", init_from=str(text_run / "best"),
+                      steps=2, seq_len=16, batch=4, eval_every=2, progress=False))
+    config = json.loads((out / "best" / "config.json").read_text())
+    settings = config["training"]
+    assert (settings["size"], settings["layers"], settings["hidden"], settings["embedding"]) == ("xs", 1, 64, 32)
+    assert settings["init_from"] == f"{text_run.name}/best"
+    assert settings["data"] == periodic_text.name and settings["out"] == out.name
+    card = (out / "best" / "README.md").read_text()
+    for text in (json.dumps(config), card):
+        assert str(tmp_path) not in text and str(text_run.parent) not in text and str(periodic_text) not in text
+    assert "- size: xs" in card and "--init-from periodic/best" in card
+
+
+def test_portable_paths():
+    assert checkpoint.portable_path("runs/x/best") == "runs/x/best"
+    assert checkpoint.portable_path("/somewhere/else/models/folk-notes") == "folk-notes"
+    assert checkpoint.portable_path(os.path.join(os.getcwd(), "data", "folk")) == os.path.join("data", "folk")
+    summary = checkpoint.portable_data({"corpus": "/home/me/data/x", "sources": ["/home/me/midi", "music21:folk"],
+                                        "description": "notes tokens of /home/me/midi, music21:folk"})
+    assert summary == {"corpus": "x", "sources": ["midi", "music21:folk"],
+                       "description": "notes tokens of midi, music21:folk"}
+
+
+def test_a_typo_in_data_says_no_such_file_and_the_closest_name(tmp_path, capsys, monkeypatch):
+    from ensemble.cli import main
+
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+    (tmp_path / "data" / "oneills-chars").mkdir(parents=True)
+    (tmp_path / "data" / "folk-abc").mkdir()
+    assert main(["train", "--data", "data/oneills-char", "--out", "runs/x", "--no-progress"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "ensemble train: error: no such file or folder: data/oneills-char (did you mean data/oneills-chars?)"]
+    assert main(["train", "--codec", "text", "--data", "data/nothing-like-it", "--out", "runs/x"]) == 1
+    assert capsys.readouterr().err.strip() == "ensemble train: error: no such file or folder: data/nothing-like-it"
+    assert main(["train", "--data", "dta/oneills-chars", "--out", "runs/x"]) == 1
+    assert "no such file or folder: dta/oneills-chars (there is no folder dta)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+SMALL_TEXT = "the cat sat on the mat. the end\n"  # 32 bytes: one piece of text
+
+
+def test_a_small_text_file_trains_holding_out_its_end(tmp_path, caplog):
+    path = tmp_path / "small.txt"
+    path.write_text(SMALL_TEXT)
+    assert len(path.read_bytes()) == 32
+    caplog.set_level("INFO")
+    result = train(TrainConfig(data=str(path), out=str(tmp_path / "run"), codec="text", size="xs", steps=4,
+                               seq_len=16, batch=2, eval_every=2, progress=False))
+    assert result["step"] == 4 and math.isfinite(result["best"])
+    assert "its last 3 tokens are held out for validation (split by position" in caplog.text
+    config = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert (config["data"]["train_tokens"], config["data"]["val_tokens"]) == (29, 3)
+
+
+def test_val_fraction_0_trains_without_validation_and_keeps_the_last_as_best(tmp_path, caplog):
+    path = tmp_path / "small.txt"
+    path.write_text(SMALL_TEXT)
+    caplog.set_level("INFO")
+    out = tmp_path / "run"
+    result = train(TrainConfig(data=str(path), out=str(out), codec="text", size="xs", steps=6, seq_len=16,
+                               batch=2, eval_every=2, val_fraction=0, progress=False))
+    assert result["step"] == 6
+    assert "no validation (--val-fraction 0)" in caplog.text and "step 6: train" in caplog.text
+    assert _weights(out / "best").keys() == _weights(out / "last").keys()
+    assert all(torch.equal(v, _weights(out / "last")[k]) for k, v in _weights(out / "best").items())
+    assert ",val," not in (out / "log.csv").read_text()
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["data"]["val_pieces"] == 0 and "no validation" in config["validation"]["note"]
+
+
+def test_too_little_to_hold_out_says_what_to_do():
+    from ensemble.codecs.text import TextCodec
+    from ensemble.data import DataError, make_corpus
+
+    codec = TextCodec.from_corpus("abc")
+    with pytest.raises(DataError, match="only 3 tokens, too few to hold any out.*--val-fraction 0"):
+        make_corpus(codec, [Piece("tiny", np.array([1, 2, 3]))], val_fraction=0.1)
+    corpus = make_corpus(codec, [Piece("tiny", np.array([1, 2, 3]))], val_fraction=0)
+    assert len(corpus.train) == 1 and corpus.val == []
+
+
+def test_prepared_corpus_without_validation_pieces_says_what_to_do(tmp_path):
+    from ensemble.codecs.text import TextCodec
+
+    codec = TextCodec.from_corpus("abcdef")
+    write_prepared(tmp_path / "corpus", codec, [Piece(f"p{i}", np.arange(1, 7)) for i in range(3)], val_fraction=0)
+    with pytest.raises(TrainError, match="no validation pieces.*or train with --val-fraction 0"):
+        train(TrainConfig(data=str(tmp_path / "corpus"), out=str(tmp_path / "run"), progress=False))
+    result = train(TrainConfig(data=str(tmp_path / "corpus"), out=str(tmp_path / "run"), size="xs", steps=2,
+                               seq_len=4, batch=2, eval_every=2, val_fraction=0, progress=False))
+    assert result["step"] == 2 and (tmp_path / "run" / "best" / "config.json").exists()

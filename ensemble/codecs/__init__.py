@@ -9,6 +9,20 @@ disagree about what a token means:
 - ``describe() -> dict``: a JSON-able description that `load` turns back into an equal
   codec; a checkpoint stores it, so a model always carries its codec exactly.
 
+A codec also declares what the rest of the code needs to know about it, so nothing
+outside `codecs/` asks for its name (adding a codec = its module, a line in `_MODULES`,
+its tests):
+
+- ``input_kind``: what its training input is: "text", "abc" (both strings),
+  "notes" (played notes: it has ``encode_notes``, ``encode_midi`` and ``decode_midi``),
+  "touch" or "gestures";
+- ``sources``: the kinds of file `prepare` may read for it ("abc", "text", "csv",
+  "midi", "score", "session");
+- ``live``: the live event it takes and gives ("note", "touch", "gesture": one token
+  per event, so the server can serve it), or None (generate only);
+- optionally ``forbidden`` (tokens never sampled), ``start_token``, ``stop_token`` and
+  ``prime(text)`` (how a text prime is fed).
+
 Codec modules register themselves by name with `register`; `load` imports the module
 named in the description on demand, so loading a text model never imports MIDI code.
 """
@@ -28,6 +42,9 @@ class CodecError(ValueError, UserError):
 @runtime_checkable
 class Codec(Protocol):
     name: str
+    input_kind: str
+    sources: tuple
+    live: str | None
 
     @property
     def vocab_size(self) -> int: ...

@@ -208,7 +208,8 @@ def split_tunes(text: str) -> list[tuple[str, str]]:
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else len(text)
         chunk = text[start:end]
-        number = chunk[2:chunk.find("\n") if "\n" in chunk else len(chunk)].strip()
+        line = chunk[2:chunk.find("\n") if "\n" in chunk else len(chunk)]
+        number = line.split("%", 1)[0].strip()  # `X:1   % tune no 1`: the comment is no part of it
         out.append((number, chunk))
     return out
 
@@ -547,6 +548,7 @@ class AbcCodec:
     """Folk-rnn style ABC codec with a fixed vocabulary; see the module docstring."""
 
     name = "abc"
+    input_kind, sources, live = "abc", ("abc",), None
 
     def __init__(self, transpose_to: str | None = None):
         if transpose_to is not None:
@@ -588,10 +590,6 @@ class AbcCodec:
         return any((_INDEX.get(t) if isinstance(t, str) else int(t)) in _NOTE_OF for t in tokens)
 
     # -------------------------------------------------------------- encode
-
-    def tokenize(self, text: str, errors: str = "drop") -> list[str]:
-        """ABC text -> token strings (see `encode`)."""
-        return self.encode_report(text, errors)[0]
 
     def encode_report(self, text: str, errors: str = "drop") -> tuple[list[str], Counter]:
         """ABC text -> (token strings, counts of what was dropped by kind)."""
@@ -797,15 +795,69 @@ def _midi(acc: int, step: int) -> int:
 _ACCIDENTAL_OF_SHIFT = {v: k for k, v in ACCIDENTAL_SEMITONES.items() if v is not None}
 
 
+class _Accidentals:
+    """What a note without an accidental sounds like here: the key signature, accidentals
+    earlier in the bar, a tie from the previous note. The same rules `_to_notes` plays by,
+    kept step by step, so a transposition can tell when a note needs an explicit one."""
+
+    def __init__(self):
+        self.key, self.bar = [0] * 7, {}
+        self.steps: list = []
+        self.tie_carry: dict = {}
+        self.chord: list | None = None
+
+    def implicit(self, step: int) -> int:
+        return self.tie_carry.get(step, self.bar.get(step, self.key[step % 7]))
+
+    def note(self, acc: str, step: int) -> int:
+        """The semitone offset of this note (its letter's natural = 0), state updated."""
+        semis = ACCIDENTAL_SEMITONES[acc]
+        if semis is None:
+            semis = self.implicit(step)
+        else:
+            self.bar[step] = semis
+        if self.chord is not None:
+            self.chord.append((step, semis))
+        else:
+            self.steps, self.tie_carry = [(step, semis)], {}
+        return semis
+
+    def other(self, t: int, s: str) -> None:
+        if s == REST:
+            self.steps, self.tie_carry = [], {}
+        elif s == CHORD_OPEN:
+            self.chord = []
+        elif s == CHORD_CLOSE:
+            if self.chord:
+                self.steps, self.tie_carry = self.chord, {}
+            self.chord = None
+        elif s == TIE:
+            self.tie_carry = dict(self.steps)
+        elif s in BARS or s in VOLTAS:
+            self.bar.clear()
+        elif t in _KEY_OF:
+            self.key = _key_accidentals(*_KEY_OF[t])
+            self.bar.clear()
+        elif s == BOS:
+            self.key, self.chord = [0] * 7, None
+            self.bar.clear()
+
+
 def _transpose(tokens: list[int], to: str, strict: bool) -> tuple[list[int], Counter]:
+    """Each note moved by the interval between the keys, on the moved letter. A note keeps an
+    explicit accidental, and gets one where the new key, bar or tie would otherwise make it
+    sound wrong (e.g. ^E E in E flat: the second E is E sharp too; moved to F sharp major,
+    the first becomes ^G, so the second needs one of its own)."""
     out: list[int] = []
     dropped: Counter = Counter()
     interval = None
+    source, target = _Accidentals(), _Accidentals()
     for t in tokens:
         s = _VOCAB[t]
         if s == BOS:
             interval = None
         if t in _KEY_OF:
+            source.other(t, s)
             fifths, mode = _KEY_OF[t]
             if interval is None:
                 interval = _interval(fifths, _target(to, mode))
@@ -819,17 +871,24 @@ def _transpose(tokens: list[int], to: str, strict: bool) -> tuple[list[int], Cou
             token = f"K:{name}{mode}"
             if abs(acc) <= 2 and token in _INDEX:
                 out.append(_INDEX[token])
+                target.other(_INDEX[token], token)
                 continue
             if strict:
                 raise CodecError(f"transposing {s} gives a key outside the vocabulary")
             dropped["key out of range"] += 1
             continue
-        if t in _NOTE_OF and interval is not None:
+        if t in _NOTE_OF:
             acc, step = _NOTE_OF[t]
+            played = _midi(source.note(acc, step), step)
+            if interval is None:
+                target.note(acc, step)
+                out.append(t)
+                continue
             steps, semis = interval
-            new_step = step + steps
-            if acc:
-                pitch = _midi(ACCIDENTAL_SEMITONES[acc], step) + semis
+            new_step, pitch = step + steps, played + semis
+            if not acc and _midi(target.implicit(new_step), new_step) == pitch:
+                new_acc = ""
+            else:
                 shift = pitch - _midi(0, new_step)
                 if not -2 <= shift <= 2:  # respell on a neighbouring letter
                     for candidate in (new_step - 1, new_step + 1):
@@ -837,15 +896,16 @@ def _transpose(tokens: list[int], to: str, strict: bool) -> tuple[list[int], Cou
                             new_step, shift = candidate, pitch - _midi(0, candidate)
                             break
                 new_acc = _ACCIDENTAL_OF_SHIFT[shift]
-            else:
-                new_acc = ""
             if not LOW_STEP <= new_step <= HIGH_STEP:
                 if strict:
                     raise CodecError(f"transposing {s} leaves the note range C,,..b'")
                 dropped["note out of range"] += 1
                 continue
+            target.note(new_acc, new_step)
             out.append(_INDEX[note_token(new_acc, new_step)])
             continue
+        source.other(t, s)
+        target.other(t, s)
         out.append(t)
     return out, dropped
 

@@ -37,6 +37,7 @@ GESTURES = (
 
 class GesturesCodec:
     name = "gestures"
+    input_kind, sources, live = "gestures", ("csv",), "gesture"
 
     def __init__(self, performers: int = 4):
         if not (isinstance(performers, int) and 1 <= performers <= 16):

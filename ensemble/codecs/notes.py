@@ -109,6 +109,7 @@ def fold_pitch(pitch: int, low: int, high: int) -> int:
 
 class NotesCodec:
     name = "notes"
+    input_kind, sources, live = "notes", ("abc", "midi", "score", "session"), "note"
 
     def __init__(self, low_pitch: int = 36, high_pitch: int = 96, time_bins: int = 12,
                  min_dt: float = 0.015, max_dt: float = 4.0, velocity_levels: int = 4):
@@ -197,6 +198,13 @@ class NotesCodec:
     def encode_midi(self, midi: mido.MidiFile, max_note_seconds: float = DEFAULT_MAX_NOTE_SECONDS) -> list[int]:
         """A MIDI file -> tokens (via `notes_from_midi` and `from_notes`)."""
         return self.encode(from_notes(notes_from_midi(midi, max_note_seconds)))
+
+    def encode_notes(self, notes) -> list[int]:
+        """Played notes (`midi_notes.Note`) -> tokens."""
+        return self.encode(from_notes(notes))
+
+    def decode_midi(self, tokens: Iterable[int]) -> mido.MidiFile:
+        return self.to_midi(self.decode(tokens))
 
     def to_midi(self, events: Iterable[NoteEvent], max_note_seconds: float = DEFAULT_MAX_NOTE_SECONDS) -> mido.MidiFile:
         """Events -> a playable one-track MIDI file (via `to_notes`)."""

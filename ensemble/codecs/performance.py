@@ -69,6 +69,7 @@ def bin_velocity(b: int) -> int:
 
 class PerformanceCodec:
     name = "performance"
+    input_kind, sources, live = "notes", ("abc", "midi", "score", "session"), None
 
     def __init__(self, max_note_seconds: float = DEFAULT_MAX_NOTE_SECONDS):
         max_note_seconds = float(max_note_seconds)
@@ -95,6 +96,12 @@ class PerformanceCodec:
     def encode(self, midi: mido.MidiFile) -> list[int]:
         """A MIDI file -> tokens."""
         return self.encode_notes(notes_from_midi(midi, self.max_note_seconds))
+
+    def encode_midi(self, midi: mido.MidiFile) -> list[int]:
+        return self.encode(midi)
+
+    def decode_midi(self, tokens: Iterable[int]) -> mido.MidiFile:
+        return self.decode(tokens)
 
     def decode(self, tokens: Iterable[int]) -> mido.MidiFile:
         """Tokens -> a playable one-track MIDI file (120 bpm, 1 tick = 1 ms)."""

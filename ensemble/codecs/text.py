@@ -18,6 +18,7 @@ UNKNOWN_CHAR = "\ufffd"
 
 class TextCodec:
     name = "text"
+    input_kind, sources, live = "text", ("abc", "text", "csv"), None
 
     def __init__(self, chars: Iterable[str]):
         chars = sorted(set(chars))

@@ -37,6 +37,7 @@ class TouchEvent:
 
 class TouchCodec:
     name = "touch"
+    input_kind, sources, live = "touch", ("csv", "session"), "touch"
 
     def __init__(self, x_bins: int = 16, y_bins: int = 16, time_bins: int = 8,
                  min_dt: float = 0.02, max_dt: float = 2.0):

@@ -1,4 +1,8 @@
-"""MIDI in and out on the conductor's loop: mido ports on python-rtmidi.
+"""MIDI in and out on the conductor's loop: mido ports on python-rtmidi (the MIDI transport).
+
+Three modules: the settings table (`midi_settings`), the MIDI system and its ports
+(`midi_backend`), and here the transport itself: port lifecycle, echoes, routing to
+performers, outputs.
 
 MIDI is another way in and out of the same conductor, not another server: every input
 channel of every input port is a performer (by default ``midi:<port>:<channel>``) in
@@ -28,6 +32,7 @@ Settings: the ``[midi]`` table of ``--config FILE.toml`` (command-line options w
                                 # (each message sent explains one echo); 0: nothing echoes here
     poll_s = 2.0                # seconds between checks for ports that vanished or came back
     mode = "respond"            # mode of new MIDI performers (default: the server's --mode)
+    optional = false            # no MIDI system: serve OSC only instead of failing (--midi-optional)
 
     [midi.performers]           # optional; channels are 1..16 everywhere
     "1" = "alice"               # channel 1 of every input port is the performer "alice"
@@ -61,9 +66,13 @@ Never a hanging note: the conductor's `HeldNotes` ends every predicted note (its
 note-off, the length cap, all-off on mode change, reset, panic and shutdown); `close()`
 also sends All Notes Off (CC 123) on every channel the server played on.
 
-Ports that vanish (a cable pulled) are reported and reopened when they come back; no
-MIDI system at all (ALSA without a device, JACK not running) is one log line and the
-server goes on with OSC only.
+Ports that vanish (a cable pulled) are reported and reopened when they come back. No
+MIDI system at all (ALSA without a device, JACK not running) when MIDI was asked for is
+one error line saying what is missing and how to get it, and the server does not start;
+with ``optional = true`` (--midi-optional) it is one log line and the server goes on
+with OSC only. ALSA and JACK print their own complaints straight to file descriptor 2
+while rtmidi probes them; that noise is kept off the terminal (`c_stderr_captured`) and
+logged at debug level.
 """
 
 from __future__ import annotations
@@ -74,284 +83,24 @@ import concurrent.futures
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import mido
 
 from ensemble.errors import UserError
-from ensemble.server.config import MODES
-from ensemble.server.events import EventError
+from ensemble.io.midi_backend import (MidiUnavailable, RtMidiBackend, c_stderr_captured,  # noqa: F401
+                                      how_to_get_midi, match_port)
+from ensemble.io.midi_settings import (VIRTUAL_IN, VIRTUAL_OUT, MidiSettings, Route, _channel,  # noqa: F401
+                                       control_value, parse_settings, route_for)
+from ensemble.messages import EventError, Hello, Origin, Panic, Play, Reset, SetMode, SetParam
 
 log = logging.getLogger("ensemble.midi")
 
-VIRTUAL_IN, VIRTUAL_OUT = "ensemble in", "ensemble out"
-CLIENT_NAME = "ensemble"
-# --midi-api words -> rtmidi API names as mido spells them
-API_ALIASES = {
-    "alsa": "LINUX_ALSA", "jack": "UNIX_JACK", "coremidi": "MACOSX_CORE", "macos": "MACOSX_CORE",
-    "core": "MACOSX_CORE", "winmm": "WINDOWS_MM", "windows": "WINDOWS_MM", "mm": "WINDOWS_MM",
-    "dummy": "RTMIDI_DUMMY", "web": "WEB_MIDI",
-}
-RTMIDI = "mido.backends.rtmidi"
-KNOWN_KEYS = {"inputs", "outputs", "virtual", "api", "thru", "feedback_ms", "poll_s", "mode",
-              "performers", "controls"}
-CONTROL_ACTIONS = ("temperature", "top_p", "threshold", "mode", "reset", "panic")
 CHANNEL_MESSAGES = {"note_on", "note_off", "control_change", "pitchwheel", "aftertouch",
                     "polytouch", "program_change"}
 ALL_NOTES_OFF = 123
 
 
-class MidiUnavailable(OSError):
-    """No MIDI system to talk to (no ALSA device, JACK not running, API not compiled in)."""
-
-
-# ---------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where one input channel goes: its performer, and where that performer's MIDI goes."""
-
-    performer: str
-    mode: str | None
-    output: str | None   # an output port as named in `outputs`; None: no MIDI output
-    channel: int         # 1..16
-
-
-@dataclass
-class MidiSettings:
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    virtual: bool = False
-    api: str | None = None
-    thru: bool = False
-    feedback_ms: float = 20.0
-    poll_s: float = 2.0
-    mode: str | None = None
-    performers: dict = field(default_factory=dict)
-    controls: dict[int, str] = field(default_factory=dict)  # CC number -> action
-
-    @property
-    def all_inputs(self) -> list[str]:
-        return self.inputs + ([VIRTUAL_IN] if self.virtual else [])
-
-    @property
-    def all_outputs(self) -> list[str]:
-        return self.outputs + ([VIRTUAL_OUT] if self.virtual else [])
-
-
-def _names(value, key: str) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise UserError(f"[midi] {key} must be a list of port names, got {value!r}")
-    return list(dict.fromkeys(value))
-
-
-def _channel(value, where: str) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
-        raise UserError(f"[midi] {where}: a MIDI channel is 1..16, got {value!r}")
-    return value
-
-
-def _mode(value, where: str) -> str | None:
-    if value is not None and value not in MODES:
-        raise UserError(f"[midi] {where}: mode must be one of {', '.join(MODES)}, got {value!r}")
-    return value
-
-
-def parse_settings(table: dict | None) -> MidiSettings:
-    """The [midi] table (merged with the command line by `ensemble serve`), checked."""
-    table = dict(table or {})
-    unknown = sorted(set(table) - KNOWN_KEYS)
-    if unknown:
-        raise UserError(f"[midi]: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
-    s = MidiSettings()
-    s.inputs = _names(table.get("inputs", []), "inputs")
-    s.outputs = _names(table.get("outputs", []), "outputs")
-    for key in ("virtual", "thru"):
-        if not isinstance(table.get(key, False), bool):
-            raise UserError(f"[midi] {key} must be true or false, got {table[key]!r}")
-    s.virtual, s.thru = table.get("virtual", False), table.get("thru", False)
-    api = table.get("api")
-    if api is not None and (not isinstance(api, str) or not api):
-        raise UserError(f"[midi] api must be a name such as 'alsa' or 'jack', got {api!r}")
-    s.api = api
-    for key, low in (("feedback_ms", 0.0), ("poll_s", 0.001)):
-        value = table.get(key, getattr(s, key))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
-            raise UserError(f"[midi] {key} must be a number >= {low:g}, got {value!r}")
-        setattr(s, key, float(value))
-    s.mode = _mode(table.get("mode"), "mode")
-
-    controls = table.get("controls", {})
-    if not isinstance(controls, dict):
-        raise UserError(f"[midi.controls] must be a table of action = CC number, got {controls!r}")
-    for action, cc in controls.items():
-        if action not in CONTROL_ACTIONS:
-            raise UserError(f"[midi.controls] unknown action {action!r} (known: {', '.join(CONTROL_ACTIONS)})")
-        if isinstance(cc, bool) or not isinstance(cc, int) or not 0 <= cc <= 127:
-            raise UserError(f"[midi.controls] {action} must be a CC number 0..127, got {cc!r}")
-        if cc in s.controls:
-            raise UserError(f"[midi.controls] CC {cc} is given to both {s.controls[cc]} and {action}")
-        s.controls[cc] = action
-
-    performers = table.get("performers", {})
-    if not isinstance(performers, dict):
-        raise UserError(f"[midi.performers] must be a table, got {performers!r}")
-    for key, value in performers.items():
-        port, _, ch = str(key).rpartition(":")
-        ch = _channel(ch, f"performers {key!r}")
-        if port and port not in s.all_inputs:
-            raise UserError(f"[midi.performers] {key!r}: {port!r} is not one of the inputs "
-                            f"({', '.join(s.all_inputs) or 'none given'})")
-        if isinstance(value, str):
-            value = {"id": value}
-        if not isinstance(value, dict) or not set(value) <= {"id", "mode", "output", "channel"}:
-            raise UserError(f"[midi.performers] {key!r} must be a performer id or a table of "
-                            f"id, mode, output, channel; got {value!r}")
-        if "id" in value and (not isinstance(value["id"], str) or not value["id"]):
-            raise UserError(f"[midi.performers] {key!r}: id must be a non-empty string")
-        _mode(value.get("mode"), f"performers {key!r}")
-        if "channel" in value:
-            _channel(value["channel"], f"performers {key!r}")
-        if "output" in value and value["output"] not in s.all_outputs:
-            raise UserError(f"[midi.performers] {key!r}: output {value['output']!r} is not one of the outputs "
-                            f"({', '.join(s.all_outputs) or 'none given'})")
-        s.performers[(port or None, ch)] = value
-    return s
-
-
-def route_for(settings: MidiSettings, port: str, channel: int) -> Route:
-    """The performer playing on `channel` (1..16) of input `port` (as named in the settings)."""
-    entry = settings.performers.get((port, channel)) or settings.performers.get((None, channel)) or {}
-    outputs = settings.all_outputs
-    return Route(
-        performer=entry.get("id", f"midi:{port}:{channel}"),
-        mode=entry.get("mode", settings.mode),
-        output=entry.get("output", outputs[0] if outputs else None),
-        channel=int(entry.get("channel", channel)),
-    )
-
-
-def control_value(action: str, value: int):
-    """What a CC value 0..127 means for an action."""
-    if action == "temperature":
-        return 0.1 + 1.9 * value / 127
-    if action == "top_p":
-        return 0.05 + 0.95 * value / 127
-    if action == "threshold":
-        return 4.0 * value / 127
-    if action == "mode":
-        return MODES[min(value // 32, len(MODES) - 1)]
-    return value >= 64  # reset, panic: a button
-
-
-# ---------------------------------------------------------------------------- backends
-
-
-def api_name(api: str) -> str:
-    """A --midi-api word (jack, alsa, ...) or an rtmidi API name -> the name mido uses."""
-    return API_ALIASES.get(api.lower(), api.upper())
-
-
-class RtMidiBackend:
-    """mido's rtmidi backend for one API, with port lists read cheaply.
-
-    mido's own `get_input_names` opens and closes a client per call (about 170 ms with
-    JACK); the port lists here are read from two rtmidi objects kept open (~50 us), so
-    they can be polled. Raises `MidiUnavailable` when the API cannot start.
-    """
-
-    def __init__(self, spec: str | None = None):
-        import rtmidi
-
-        if spec and "." in spec:  # a mido backend name, maybe with /API
-            module, _, api = spec.partition("/")
-        elif spec:
-            module, api = RTMIDI, api_name(spec)
-        else:
-            env = mido.Backend()  # honours MIDO_BACKEND
-            module, api = env.name, env.api
-        self.module = module
-        self.backend = mido.Backend(module, api=api or None)
-        if module != RTMIDI:  # another mido backend: its own listing
-            try:
-                self.backend.load()
-                self.backend.get_input_names()
-            except Exception as exc:
-                raise MidiUnavailable(f"{module}: {exc}") from None
-            self.api = module
-            self._scanners = None
-            return
-        compiled = [rtmidi.get_api_name(a) for a in rtmidi.get_compiled_api()]
-        by_name = {n: getattr(rtmidi, f"API_{n}") for n in (a[4:] for a in dir(rtmidi) if a.startswith("API_"))}
-        if api:
-            if api not in by_name:
-                raise MidiUnavailable(f"unknown MIDI API {spec!r} (known: {', '.join(sorted(API_ALIASES))})")
-            if by_name[api] not in rtmidi.get_compiled_api():
-                raise MidiUnavailable(f"this python-rtmidi has no {api} support (it has: {', '.join(compiled)})")
-            candidates = [api]
-        else:  # rtmidi's order (ALSA before JACK on Linux): the first that starts
-            names = {v: n for n, v in by_name.items()}
-            candidates = [names[a] for a in rtmidi.get_compiled_api() if names.get(a) not in (None, "RTMIDI_DUMMY")]
-        errors = []
-        for candidate in candidates:
-            rtapi = by_name[candidate]
-            try:
-                scan_in = rtmidi.MidiIn(rtapi=rtapi, name=f"{CLIENT_NAME}-ports")
-                scan_out = rtmidi.MidiOut(rtapi=rtapi, name=f"{CLIENT_NAME}-ports")
-                scan_in.get_ports()
-                scan_out.get_ports()
-            except (rtmidi.RtMidiError, OSError, RuntimeError) as exc:
-                errors.append(f"{candidate}: {exc}")
-                continue
-            current = scan_in.get_current_api()
-            self.api = next(n for n, v in by_name.items() if v == current and n != "UNSPECIFIED")
-            self.backend = mido.Backend(RTMIDI, api=self.api)
-            self._scanners = (scan_in, scan_out)
-            return
-        raise MidiUnavailable("; ".join(errors))
-
-    def input_names(self) -> list[str]:
-        if self._scanners is None:
-            return self.backend.get_input_names()
-        return list(self._scanners[0].get_ports())
-
-    def output_names(self) -> list[str]:
-        if self._scanners is None:
-            return self.backend.get_output_names()
-        return list(self._scanners[1].get_ports())
-
-    def open_input(self, name: str, callback, virtual: bool = False):
-        if virtual:
-            return self.backend.open_input(name, virtual=True, callback=callback, client_name=CLIENT_NAME)
-        return self.backend.open_input(name, callback=callback)
-
-    def open_output(self, name: str, virtual: bool = False):
-        if virtual:
-            return self.backend.open_output(name, virtual=True, client_name=CLIENT_NAME)
-        return self.backend.open_output(name)
-
-    def close(self) -> None:
-        for scanner in self._scanners or ():
-            scanner.delete()
-        self._scanners = None
-
-
-def match_port(pattern: str, names: list[str], exclude: tuple[str, ...] = ()) -> str | None:
-    """The port a configured name means: the exact name, else the first containing it (any case)."""
-    names = [n for n in names if not any(x in n for x in exclude)]
-    if pattern in names:
-        return pattern
-    low = pattern.lower()
-    return next((n for n in names if low in n.lower()), None)
-
-
-# ---------------------------------------------------------------------------- output
 
 
 class MidiOutput:
@@ -375,6 +124,11 @@ class MidiOutput:
             msg = mido.Message("note_off", channel=ch, note=pitch, velocity=0)
         self.layer.send(self.port, msg)
 
+    def all_notes_off(self) -> None:
+        """All Notes Off (CC 123) on this channel: after a restart, whatever was left sounding."""
+        self.layer.send(self.port, mido.Message("control_change", channel=self.channel - 1,
+                                                control=ALL_NOTES_OFF, value=0))
+
     def describe(self) -> dict:
         return {"type": "midi", "port": self.port, "channel": self.channel, "name": self.name}
 
@@ -396,9 +150,11 @@ class PortSlot:
 
 
 class MidiLayer:
-    """MIDI ports feeding and answering the conductor. `backend` is for tests and other systems:
-    an object with input_names(), output_names(), open_input(name, callback, virtual),
-    open_output(name, virtual) (mido ports) and close()."""
+    """The MIDI transport: ports feeding and answering the conductor. `backend` is for tests
+    and other systems: an object with input_names(), output_names(), open_input(name,
+    callback, virtual), open_output(name, virtual) (mido ports) and close()."""
+
+    name = "midi"
 
     def __init__(self, conductor, midi_config: dict | None = None, backend=None):
         self.conductor = conductor
@@ -428,26 +184,26 @@ class MidiLayer:
         self._said: set[str] = set()
         self.received = self.suppressed = self.forwarded = self.sent = self.dropped = self.errors = 0
         self.changes: list[tuple[str, str, str]] = []  # ("open"|"lost", port pattern, port name)
+        conductor.attach(self)
 
     # ------------------------------------------------------------------ ports
 
     def start(self) -> bool:
-        """Open the ports found now and keep watching for the rest; False if there is no MIDI."""
+        """Open the ports found now and keep watching for the rest. No MIDI system: a
+        UserError saying what is missing, or (with `optional`) False and one log line."""
         if self.backend is None:
             try:
                 self.backend = RtMidiBackend(self.settings.api)
             except MidiUnavailable as exc:
-                log.error("MIDI is not available (%s): serving OSC only", exc)
-                return False
+                return self._unavailable(str(exc))
         self.available = True
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ensemble-midi")
         api = getattr(self.backend, "api", type(self.backend).__name__)
         try:
             ins, outs = self.backend.input_names(), self.backend.output_names()
         except (OSError, RuntimeError) as exc:
-            log.error("MIDI (%s): cannot list ports (%s): serving OSC only", api, exc)
             self.available = False
-            return False
+            return self._unavailable(f"{api} cannot list its ports: {exc}")
         for slot in self.slots:
             name = slot.pattern if slot.virtual else self._match(slot, ins if slot.direction == "in" else outs)
             if name is None:
@@ -462,6 +218,13 @@ class MidiLayer:
                  ", thru" if self.settings.thru else "")
         self._timer = self.loop.call_later(self.settings.poll_s, self._poll)
         return True
+
+    def _unavailable(self, what: str) -> bool:
+        if self.settings.optional:
+            log.error("MIDI is not available (%s): serving OSC only (MIDI is optional)", what)
+            return False
+        raise UserError(f"MIDI was asked for but is not available ({what}): {how_to_get_midi()}; "
+                        "or give --midi-optional ([midi] optional = true) to serve OSC only")
 
     def _match(self, slot: PortSlot, names: list[str]) -> str | None:
         # our own virtual ports are never taken for someone else's
@@ -617,7 +380,6 @@ class MidiLayer:
                 self.message(pattern, msg, t)
             except (EventError, ValueError) as exc:  # ControlError is a ValueError
                 self.errors += 1
-                self.conductor.errors += 1
                 log.warning("MIDI %s from %r: %s", msg, pattern, exc)
             except Exception:  # a bug must cost one message, never the server
                 log.exception("MIDI: internal error on %s from %r", msg, pattern)
@@ -633,7 +395,7 @@ class MidiLayer:
             self.suppressed += 1
             return
         route = self._route(pattern, msg.channel + 1)
-        source = f"midi:{pattern}"
+        source = Origin(f"midi:{pattern}")  # gear on this machine: it owns its performers and may steer all
         if msg.type in ("note_on", "note_off"):
             if self.conductor.adapter.kind != "note":
                 self._say_once("codec", "MIDI: this model (%s codec) does not take notes; MIDI input is ignored",
@@ -642,7 +404,7 @@ class MidiLayer:
                 return
             velocity = msg.velocity if msg.type == "note_on" else 0
             self._performer(route, source)
-            self.conductor.play(route.performer, "note", (msg.note, velocity), source)
+            self.conductor.handle(Play(route.performer, "note", (msg.note, velocity)), source)
         elif msg.type == "control_change" and msg.control in self.settings.controls:
             self._control(self.settings.controls[msg.control], msg.value, route, source)
             return
@@ -672,22 +434,18 @@ class MidiLayer:
             out = self.midi_outputs[(port, channel)] = MidiOutput(self, port, channel)
         return out
 
-    def _performer(self, route: Route, source: str):
+    def _performer(self, route: Route, source: Origin):
         """The route's performer, said hello to if the conductor does not know them (yet, or any more)."""
-        p = self.conductor.performers.get(route.performer)
-        if p is None:
-            p = self.conductor.hello(route.performer, self.output(route.output, route.channel), source,
-                                     mode=route.mode)
-            if self.conductor.recorder:
-                self.conductor.recorder.record("in", route.performer, "hello", [p.output.name], source)
-        return p
+        if route.performer not in self.conductor.performers:
+            self.conductor.handle(Hello(route.performer, self.output(route.output, route.channel), route.mode), source)
+        return self.conductor.performers[route.performer]
 
-    def _control(self, action: str, value: int, route: Route, source: str) -> None:
+    def _control(self, action: str, value: int, route: Route, source: Origin) -> None:
         meaning = control_value(action, value)
-        control = self.conductor.control
+        handle = self.conductor.handle
         if action == "panic":
             if meaning:
-                control("/ensemble/panic", [], None, source)
+                handle(Panic(), source)
             return
         if action == "reset" and not meaning:
             return
@@ -695,12 +453,12 @@ class MidiLayer:
             return
         self._performer(route, source)
         if action == "reset":
-            control("/ensemble/reset", [route.performer], None, source)
+            handle(Reset(route.performer), source)
         elif action == "mode":
             if self.conductor.performers[route.performer].mode != meaning:
-                control("/ensemble/mode", [route.performer, meaning], None, source)
+                handle(SetMode(route.performer, meaning), source)
         else:
-            control("/ensemble/set", [route.performer, action, float(meaning)], None, source)
+            handle(SetParam(route.performer, action, float(meaning)), source)
 
     # ------------------------------------------------------------------ out
 
@@ -752,20 +510,18 @@ class MidiLayer:
                 count += 1
         return count
 
-    def output_or(self, osc) -> Callable[[dict], object]:
-        """For --restore: MIDI outputs from their descriptions, anything else from `osc`."""
-        def make(description: dict):
-            if description.get("type") != "midi":
-                return osc.output_from(description)
-            port = description.get("port")
-            if port is not None and port not in self.outputs:
-                raise ValueError(f"MIDI output {port!r} is not open now (outputs: {', '.join(self.outputs) or 'none'})")
-            try:
-                channel = _channel(description.get("channel"), "restored output")
-            except UserError as exc:
-                raise ValueError(str(exc)) from None
-            return self.output(port, channel)
-        return make
+    def output_from(self, description: dict) -> MidiOutput | None:
+        """For --restore: one of our outputs from its description (None: another transport's)."""
+        if description.get("type") != "midi":
+            return None
+        port = description.get("port")
+        if port is not None and port not in self.outputs:
+            raise ValueError(f"MIDI output {port!r} is not open now (outputs: {', '.join(self.outputs) or 'none'})")
+        try:
+            channel = _channel(description.get("channel"), "restored output")
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return self.output(port, channel)
 
     # ------------------------------------------------------------------ status, close
 

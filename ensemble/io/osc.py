@@ -5,27 +5,38 @@ in the same callback before the conductor steps: performers whose events arrive
 together are stepped as one batch (an asyncio datagram transport would hand over one
 datagram per loop iteration and defeat that).
 
-Every message is checked against the address space (`SIGNATURES`): a malformed packet,
-an unknown address, a wrong argument count or type gets one log line and an
-`/ensemble/error s s` (address, reason) reply; the loop goes on. Errors about a known
-performer go to their reply address, all others (and /ensemble/status) to the sender.
-Bound beyond loopback, only the allowed networks are heard, at a bounded rate each.
+Every packet is hostile until checked, in bounded work:
+- its structure is walked before python-osc parses it (`ensemble.io.datagram`);
+- every message is checked against the address space (`SIGNATURES`); a bad one gets
+  one log line and an `/ensemble/error s s` (address, reason) reply, both rate-limited
+  per source, and never delays the good messages that arrived with it;
+- messages the server itself sends (errors, status, numbered predictions) are never
+  answered, and nothing is ever sent to the server's own address: no storms;
+- a performer id belongs to the address that said hello (see the conductor); only
+  this machine and the `admin` networks steer everyone;
+- replies go only to the sender or to a performer's reply address, which must be in
+  the allowed networks; for a sender beyond this machine a reply is at most
+  AMPLIFICATION times the size of its request (pad a status request with a blob);
+- host names in a hello are looked up off the loop, with a timeout;
+- bound beyond loopback, only the allowed networks are heard, at a bounded rate per
+  source address and port, and per performer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
 import logging
 import socket
-import time
 
 from pythonosc.osc_message_builder import OscMessageBuilder
-from pythonosc import osc_packet
 from pythonosc.osc_packet import OscPacket
-from pythonosc.parsing import osc_types
 
-from ensemble.server.conductor import Conductor, ControlError
-from ensemble.server.events import EventError
+from ensemble.io.datagram import BadDatagram, check_datagram
+from ensemble.io.limits import QuietLog, RateLimiter
+from ensemble.messages import (ControlError, EventError, Goodbye, Hello, Origin, Panic, Play, Reset, SetMode,
+                               SetParam, StatusRequest)
 
 log = logging.getLogger("ensemble.osc")
 
@@ -40,10 +51,32 @@ SIGNATURES = {
     "/ensemble/set": ("ssf", "sss"),  # string values: style settings such as scale "D dorian"
     "/ensemble/reset": ("s",),
     "/ensemble/goodbye": ("s",),
-    "/ensemble/status": ("",),
-    "/ensemble/panic": ("",),
+    # status: to the sender, to its host at port i, to host s port i, or a performer's details to them
+    "/ensemble/status": ("", "i", "si", "s"),
+    "/ensemble/panic": ("", "s"),
 }
+# what the server sends: arriving here they are another server's answers (or our own,
+# reflected), and answering them with an error is how packet storms start
+REPLIES = {"/ensemble/note": 4, "/ensemble/touch": 4, "/ensemble/gesture": 3}
+EVENTS = frozenset(REPLIES)  # played events: rate-limited per performer when bound wider
 MAX_DATAGRAMS_PER_READ = 256
+AMPLIFICATION = 4      # a reply to a sender beyond this machine: at most this many times its request
+MAX_LOOKUPS = 8        # host-name lookups in flight at once
+LOOKUP_CACHE = 256
+
+
+def is_reply(address: str, args: list) -> bool:
+    """A message the server sends, not one it takes."""
+    if address == "/ensemble/error":
+        return True
+    if address == "/ensemble/status":
+        return len(args) == 1 and isinstance(args[0], str) and args[0].startswith("{")
+    return REPLIES.get(address) == len(args)
+
+
+def ip_of(host: str):
+    """The address of a numeric host (an IPv6 scope such as %eth0 dropped), or ValueError."""
+    return ipaddress.ip_address(host.split("%", 1)[0])
 
 
 def _matches(arg, t: str) -> bool:
@@ -100,19 +133,27 @@ class OscOutput:
 
 
 class OscServer:
-    def __init__(self, conductor: Conductor, host: str = "127.0.0.1", port: int = 5005,
-                 reply_port: int = 5006, allow=None, rate_limit: float = 1000.0):
+    """The OSC transport: a UDP socket, its address space, and the performers' OSC outputs."""
+
+    name = "osc"
+
+    def __init__(self, conductor, cfg):
         self.conductor = conductor
-        self.host, self.port, self.reply_port = host, port, reply_port
-        self.allow = [ipaddress.ip_network(n, strict=False) for n in (allow or [])]
-        self.rate_limit = rate_limit
-        self.loopback = self._is_loopback(host)
+        self.cfg = cfg
+        self.host, self.port, self.reply_port = cfg.host, cfg.port, cfg.reply_port
+        self.allow = [ipaddress.ip_network(n, strict=False) for n in cfg.allow]
+        self.admin = [ipaddress.ip_network(n, strict=False) for n in cfg.admin]
+        self.loopback = self._is_loopback(cfg.host)
         self.loop = conductor.loop
         self.sock: socket.socket | None = None
-        self._buckets: dict[str, list[float]] = {}
-        self.received = 0
-        self.rejected = 0
-        conductor.reply = self.send
+        self.own: set[tuple[str, int]] = set()  # where this server listens: never a reply address
+        self.source_limit = RateLimiter(cfg.rate_limit)       # per (address, port), bound wider
+        self.performer_limit = RateLimiter(cfg.performer_rate)
+        self.quiet = QuietLog(log, cfg.error_rate, burst=2 * cfg.error_rate)  # errors + log lines per source
+        self.lookups: dict[tuple[str, int], tuple] = {}      # (host, port) -> numeric address
+        self.looking_up = 0
+        self.received = self.rejected = self.malformed = self.ignored = self.errors = 0
+        conductor.attach(self)
 
     @staticmethod
     def _is_loopback(host: str) -> bool:
@@ -130,8 +171,24 @@ class OscServer:
         sock.setblocking(False)
         self.sock = sock
         self.loop.add_reader(sock.fileno(), self._readable)
-        self.port = sock.getsockname()[1]
-        return sock.getsockname()[:2]
+        bound = sock.getsockname()[:2]
+        self.port = bound[1]
+        self.own = {(ip, self.port) for ip in self._local_addresses(bound[0])}
+        return bound
+
+    @staticmethod
+    def _local_addresses(bound: str) -> set[str]:
+        """Addresses that reach this very socket (at start-up only: a lookup may block)."""
+        found = {bound, "127.0.0.1", "::1", "0.0.0.0", "::"}
+        try:
+            found.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None))
+        except OSError:
+            pass
+        return found
+
+    def _is_own(self, address: tuple) -> bool:
+        ip = ip_of(address[0])
+        return address[1] == self.port and (ip.is_loopback or ip.is_unspecified or (address[0], self.port) in self.own)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -142,33 +199,38 @@ class OscServer:
     # -- in
 
     def _readable(self) -> None:
-        for _ in range(MAX_DATAGRAMS_PER_READ):
-            try:
-                data, addr = self.sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
-                log.debug("recvfrom: %s", exc)
-                continue
-            self.datagram(data, addr)
-        self.conductor.flush()
+        try:
+            for _ in range(MAX_DATAGRAMS_PER_READ):
+                try:
+                    data, addr = self.sock.recvfrom(65536)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                    log.debug("recvfrom: %s", exc)
+                    continue
+                try:
+                    self.datagram(data, addr)
+                except Exception:  # a bug must cost one datagram, never the others
+                    log.exception("internal error on a datagram from %s:%s", addr[0], addr[1])
+        finally:
+            self.conductor.flush()  # what the good packets asked for is answered, whatever came with them
+
+    def _in(self, ip, networks) -> bool:
+        return ip.is_loopback or any(ip in net for net in networks)
 
     def _admitted(self, addr) -> bool:
+        if self._is_own(addr):  # our own answers, reflected back: never a conversation
+            self.ignored += 1
+            return False
         if self.loopback:
             return True
-        ip = ipaddress.ip_address(addr[0])
-        if not ip.is_loopback and not any(ip in net for net in self.allow):  # this machine is always heard
+        if not self._in(ip_of(addr[0]), self.allow):  # this machine is always heard
             self.rejected += 1
-            log.warning("dropped a packet from %s: not in the allowed networks", addr[0])
+            self.quiet.warning(addr[0], "dropped a packet from %s: not in the allowed networks", addr[0])
             return False
-        now = time.monotonic()
-        bucket = self._buckets.setdefault(addr[0], [float(self.rate_limit), now])  # token bucket
-        bucket[0] = min(self.rate_limit, bucket[0] + (now - bucket[1]) * self.rate_limit)
-        bucket[1] = now
-        if bucket[0] < 1:
+        if not self.source_limit.allow(addr[:2]):
             self.rejected += 1
             return False
-        bucket[0] -= 1
         return True
 
     def datagram(self, data: bytes, addr) -> None:
@@ -177,23 +239,85 @@ class OscServer:
             return
         source = f"osc:{addr[0]}:{addr[1]}"
         try:
+            check_datagram(data)
             packet = OscPacket(data)
-        except (osc_packet.ParseError, osc_types.ParseError, ValueError, IndexError, TypeError) as exc:
-            self._error(addr, None, "?", f"malformed OSC packet ({exc})")
+            messages = [(t.message.address, list(t.message.params)) for t in packet.messages]
+        except BadDatagram as exc:
+            self.malformed += 1
+            self._error(addr, None, "?", f"malformed OSC packet ({exc})", len(data))
             return
-        for timed in packet.messages:
+        except Exception as exc:  # python-osc's own errors, whatever their type
+            self.malformed += 1
+            self._error(addr, None, "?", f"malformed OSC packet ({type(exc).__name__}: {exc})", len(data))
+            return
+        for address, args in messages:
             try:
-                self.message(timed.message.address, list(timed.message.params), addr, source)
+                self.message(address, args, addr, source, len(data))
             except Exception:  # a bug must cost one message, never the server
-                log.exception("internal error on %s from %s", timed.message.address, source)
+                log.exception("internal error on %s from %s", address, source)
 
-    def message(self, address: str, args: list, addr, source: str) -> None:
+    def message(self, address: str, args: list, addr, source: str, size: int = 0) -> None:
+        if is_reply(address, args):
+            self.ignored += 1  # never answered: another server's output, or a loop in the making
+            return
         performer = args[0] if args and isinstance(args[0], str) else None
+        ip = ip_of(addr[0])
+        origin = Origin(source, addr[0], admin=any(ip in net for net in self.admin))  # default admin: this machine
         try:
+            if address == "/ensemble/status" and args and isinstance(args[-1], bytes):
+                args = args[:-1]  # padding, so a status reply may be larger than a bare request
             args = check_arguments(address, args)
-            self.conductor.control(address, args, addr, source, make_output=lambda pid, rest: self._output(addr, rest))
+            if address == "/ensemble/status":
+                self._status(args, addr, origin, size)
+                return
+            if not self.loopback and performer is not None and address in EVENTS \
+                    and not self.performer_limit.allow(performer):
+                self.rejected += 1
+                return
+            if address == "/ensemble/hello" and len(args) == 3 and not self._numeric(args[1]):
+                self._hello_by_name(args, addr, origin, size)
+                return
+            self.conductor.handle(self._event(address, args, addr), origin)
         except (EventError, ControlError, ValueError) as exc:
-            self._error(addr, performer, address, str(exc))
+            self._error(addr, performer, address, str(exc), size)
+
+    def _event(self, address: str, args: list, addr):
+        """The typed event an (argument-checked) message stands for."""
+        verb = address[len(PREFIX):]
+        if verb in ("note", "touch", "gesture"):
+            return Play(args[0], verb, tuple(args[1:]))
+        if verb == "hello":
+            return Hello(args[0], self._output(addr, args[1:]))
+        if verb == "mode":
+            return SetMode(args[0], args[1])
+        if verb == "set":
+            return SetParam(args[0], args[1], args[2])
+        if verb == "reset":
+            return Reset(args[0])
+        if verb == "goodbye":
+            return Goodbye(args[0])
+        if verb == "panic":
+            return Panic(args[0] if args else None)
+        raise EventError(f"unknown address {address}")
+
+    @staticmethod
+    def _numeric(host: str) -> bool:
+        try:
+            ip_of(host)
+            return True
+        except ValueError:
+            return False
+
+    def _reply_address(self, host: str, port: int) -> tuple:
+        """A numeric reply address we may send to: allowed, and not this server itself."""
+        if not 1 <= port <= 65535:
+            raise ControlError(f"reply port {port} is out of range 1..65535")
+        ip = ip_of(host)
+        if self._is_own((host, port)):
+            raise ControlError(f"{host}:{port} is this server's own address; answers go to your own port")
+        if not self._in(ip, self.allow):
+            raise ControlError(f"reply address {host} is not in the allowed networks")
+        return (host, port)
 
     def _output(self, addr, rest: list) -> OscOutput:
         """Where a hello's predictions go: its host and port, or the sender's host and the reply port."""
@@ -202,39 +326,106 @@ class OscServer:
             host, port = rest
         elif len(rest) == 1:
             port = rest[0]
-        if not 1 <= port <= 65535:
-            raise ControlError(f"reply port {port} is out of range 1..65535")
-        return OscOutput(self, self._resolve(host, port))
+        return OscOutput(self, self._reply_address(host, port))
 
-    def _resolve(self, host: str, port: int) -> tuple:
-        """The numeric address, looked up once per hello (not on every packet sent)."""
-        try:
-            ipaddress.ip_address(host)
-            return (host, port)
-        except ValueError:
-            pass
+    def _hello_by_name(self, args: list, addr, origin: Origin, size: int) -> None:
+        """A hello naming a host: looked up off the loop (with a timeout); only this performer waits."""
+        key = (args[1], args[2])
+        if key in self.lookups:
+            self.conductor.handle(Hello(args[0], self._output(addr, list(self.lookups[key]))), origin)
+            return
+        if self.looking_up >= MAX_LOOKUPS:
+            raise ControlError("too many host-name lookups in progress; use a numeric address")
+        self.looking_up += 1
+        self.loop.create_task(self._look_up(key, args, addr, origin, size))
+
+    async def _look_up(self, key, args, addr, origin: Origin, size: int) -> None:
+        host, port = key
         try:
             family = self.sock.family if self.sock is not None else socket.AF_INET
-            return socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)[0][4][:2]
-        except (OSError, UnicodeError) as exc:
-            raise ControlError(f"reply host {host!r} cannot be resolved ({exc})") from None
+            infos = await asyncio.wait_for(self.loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM),
+                                           self.cfg.resolve_timeout)
+            numeric = infos[0][4][:2]
+            if len(self.lookups) >= LOOKUP_CACHE:
+                self.lookups.pop(next(iter(self.lookups)))
+            self.lookups[key] = numeric
+            self.message("/ensemble/hello", [args[0], *numeric], addr, origin.source, size)
+        except (OSError, UnicodeError, asyncio.TimeoutError, IndexError) as exc:
+            reason = "no answer in time" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+            self._error(addr, args[0], "/ensemble/hello", f"reply host {host!r} cannot be resolved ({reason})", size)
+        finally:
+            self.looking_up -= 1
 
-    def output_from(self, description: dict) -> OscOutput:
-        return OscOutput(self, (description["host"], int(description["port"])))
+    def output_from(self, description: dict) -> OscOutput | None:
+        """One of our outputs, from a snapshot (None: another transport's)."""
+        if description.get("type") != "osc":
+            return None
+        return OscOutput(self, self._reply_address(str(description["host"]), int(description["port"])))
 
-    def _error(self, addr, performer: str | None, address: str, reason: str) -> None:
-        self.conductor.errors += 1
-        log.warning("%s from %s:%s: %s", address, addr[0], addr[1], reason)
+    def status(self) -> dict:
+        return {"received": self.received, "rejected": self.rejected, "malformed": self.malformed,
+                "ignored": self.ignored, "errors": self.errors,
+                "errors_suppressed": self.quiet.total_suppressed}
+
+    def _status(self, args: list, addr, origin: Origin, size: int) -> None:
+        """/ensemble/status [port | host port | performer]: the server at a glance."""
+        target, detail = addr, None
+        if len(args) == 1 and isinstance(args[0], int):
+            target = self._reply_address(addr[0], args[0])
+        elif len(args) == 2:
+            if not origin.admin and args[0] != addr[0]:
+                raise ControlError("a status for another host is only sent from this machine or the admin networks")
+            if not self._numeric(args[0]):
+                raise ControlError(f"status host {args[0]!r} must be a numeric address")
+            target = self._reply_address(args[0], args[1])
+        elif len(args) == 1:
+            detail = args[0]
+            p = self.conductor.performers.get(detail)
+            if p is not None and isinstance(p.output, OscOutput):
+                target = p.output.address
+        status = self.conductor.handle(StatusRequest(detail, addresses=origin.admin), origin)
+        status = json.dumps(status, separators=(",", ":"))
+        self._reply(target, "/ensemble/status", [status], size)
+
+    def _error(self, addr, performer: str | None, address: str, reason: str, size: int = 0) -> None:
+        """One log line and one /ensemble/error, both at a bounded rate per source. It goes to
+        the sender, or to the performer's reply address when the sender is that performer."""
+        self.errors += 1
+        key = f"{addr[0]}:{addr[1]}"
+        if not self.quiet.warning(key, "%s from %s: %s", address, key, reason):
+            return
         known = self.conductor.performers.get(performer) if performer else None
-        target = known.output.address if known is not None and isinstance(known.output, OscOutput) else addr
-        self.send(target, "/ensemble/error", [address, reason])
+        target = addr
+        if known is not None and known.owner == addr[0] and isinstance(known.output, OscOutput):
+            target = known.output.address
+        self._reply(target, "/ensemble/error", [address, reason], size)
+
+    def _reply(self, target: tuple, osc_address: str, args: list, request_size: int) -> None:
+        """An answer to a request. To a host beyond this machine it is never more than
+        AMPLIFICATION x the request: an error's reason is cut to fit, and a status too
+        large for its request is replaced by an error saying how much to pad."""
+        data = build(osc_address, args)
+        budget = AMPLIFICATION * max(request_size, 16)
+        if len(data) > budget and not ip_of(target[0]).is_loopback:
+            if osc_address == "/ensemble/status":
+                osc_address = "/ensemble/error"
+                args = ["/ensemble/status", f"reply of {len(data)} bytes: pad the request with a blob to "
+                                            f"{-(-len(data) // AMPLIFICATION)} bytes"]
+            room = budget - len(build(osc_address, [args[0], ""]))
+            data = build(osc_address, [args[0], args[1][:max(0, room - 4)]])
+            if len(data) > budget:
+                return
+        self._send_bytes(target, data, osc_address)
 
     # -- out
 
     def send(self, address: tuple, osc_address: str, args: list) -> None:
-        if self.sock is None:
+        self._send_bytes(address, build(osc_address, args), osc_address)
+
+    def _send_bytes(self, address: tuple, data: bytes, what: str) -> None:
+        if self.sock is None or self._is_own(address):
             return
         try:
-            self.sock.sendto(build(osc_address, args), address)
+            self.sock.sendto(data, address)
         except (BlockingIOError, OSError) as exc:  # a full buffer or a bad address: drop, never block
-            log.debug("could not send %s to %s: %s", osc_address, address, exc)
+            log.debug("could not send %s to %s: %s", what, address, exc)

@@ -16,7 +16,8 @@ import logging
 
 import numpy as np
 
-from ensemble.server.events import EventError, _int
+from ensemble.messages import EventError
+from ensemble.server.events import _int
 
 log = logging.getLogger("ensemble.server")
 
@@ -64,7 +65,7 @@ class Band:
         for performer_id, place in self.places.items():
             p = c.performers.get(performer_id)
             if p is not None and p.mode != "listen":
-                c._send(p, "gesture", (int(predicted[place]),))
+                c.send(p, "gesture", (int(predicted[place]),))
         held = set(self.places.values())
         # the places nobody holds follow the model's own prediction
         self.current = [self.current[i] if i in held else int(predicted[i]) for i in range(len(self.current))]

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from ensemble import checkpoint
 from ensemble.errors import UserError
+from ensemble.server import snapshot
 from ensemble.server.config import MODES, ServerConfig, load_toml, make_config
+from ensemble.server.snapshot import SnapshotError
 
 log = logging.getLogger("ensemble.server")
 
@@ -21,7 +23,6 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
 
     from ensemble.io.osc import OscServer
     from ensemble.server.conductor import Conductor
-    from ensemble.server import snapshot
     from ensemble.server.recorder import Recorder
 
     from ensemble.engine import set_blas_threads
@@ -32,31 +33,31 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
     set_blas_threads(1)
     loop = asyncio.get_running_loop()
     ckpt = checkpoint.load(cfg.model)
-    conductor = Conductor(ckpt, cfg, loop)
+    m = ckpt.model.config
+    recorder = None
+    if cfg.record:
+        recorder = Recorder(cfg.record, {"model": ckpt.name, "codec": ckpt.codec.describe(),
+                                         "cell": f"{m.layers}x{m.hidden} {m.cell}"}, loop)
+    conductor = Conductor(ckpt, cfg, loop, recorder)
     midi = None
     if cfg.midi.get("inputs") or cfg.midi.get("outputs") or cfg.midi.get("virtual"):
         from ensemble.io.midi import MidiLayer
 
         midi = MidiLayer(conductor, cfg.midi)  # a bad [midi] table fails here, before anything opens
-    osc = OscServer(conductor, cfg.host, cfg.port, cfg.reply_port, cfg.allow, cfg.rate_limit)
+    osc = OscServer(conductor, cfg)
     try:
         host, port = osc.start()
     except OSError as exc:
         raise UserError(f"cannot listen on udp {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
     if midi is not None:
-        midi.start()
-        conductor.midi = midi
-    if cfg.restore and cfg.snapshot:
-        if Path(cfg.snapshot).exists():
-            restored = conductor.restore(cfg.snapshot, osc.output_from if midi is None else midi.output_or(osc))
-            log.info("restored %d performer(s) from %s", restored, cfg.snapshot)
-        else:
-            log.warning("--restore: no snapshot %s yet; starting with no performers", cfg.snapshot)
-    if cfg.record:
-        m = ckpt.model.config
-        conductor.recorder = Recorder(cfg.record, {"model": ckpt.name, "codec": ckpt.codec.describe(),
-                                                   "cell": f"{m.layers}x{m.hidden} {m.cell}"}, loop)
-        conductor.recorder.open()
+        try:
+            midi.start()  # no MIDI system: a UserError, unless [midi] optional
+        except UserError:
+            osc.close()
+            raise
+    kept = restore_or_keep(conductor, cfg)
+    if recorder is not None:
+        recorder.open()
 
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,61 +66,105 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), Windows
             pass
 
-    writing: list = [None]  # the snapshot write in flight, if any
-
-    def snapshot_written(future) -> None:
-        writing[0] = None
-        if future.exception() is not None:
-            log.error("snapshot %s: %s", cfg.snapshot, future.exception())
-
-    def periodic():
-        try:
-            conductor.expire_idle()
-            if cfg.snapshot and writing[0] is None:
-                # the states are copied here, on the loop; the file (fsync included) is
-                # written on a worker thread, so a slow disk never delays an answer
-                performers, arrays = conductor.snapshot_data()
-                writing[0] = loop.run_in_executor(None, snapshot.save, cfg.snapshot, ckpt.name, performers, arrays)
-                writing[0].add_done_callback(snapshot_written)
-        except Exception:  # a bug here must not end snapshots for the rest of the gig
-            log.exception("periodic snapshot")
-        finally:
-            timer[0] = loop.call_later(cfg.snapshot_every, periodic)
-
-    timer = [loop.call_later(cfg.snapshot_every, periodic)]
+    snapshots = PeriodicSnapshots(conductor, cfg, loop)
     # everything loaded so far (model, torch, codecs) lives for the whole gig: keep it out
     # of the garbage collector's scans, which would otherwise pause the loop now and then
     gc.collect()
     gc.freeze()
     info = {"host": host, "port": port, "model": ckpt.name, "codec": ckpt.codec.name,
             "recording": str(conductor.recorder.path) if conductor.recorder else None}
-    m = ckpt.model.config
     print(f"ensemble: ready on udp {host}:{port}, model {ckpt.name} ({ckpt.codec.name} codec, "
           f"{ckpt.codec.vocab_size} tokens, {m.layers}x{m.hidden} {m.cell}, {conductor.engine.kind} engine), "
           f"replies to port {cfg.reply_port}"
-          + (f", recording to {conductor.recorder.path}" if conductor.recorder else ", not recording"),
+          + (f", recording to {conductor.recorder.path}" if conductor.recorder else ", not recording")
+          + (f", previous snapshot kept as {kept}" if kept else ""),
           flush=True)
     if ready is not None:
         ready({**info, "conductor": conductor, "osc": osc, "midi": midi})
     try:
         await stop.wait()
     finally:
-        timer[0].cancel()
-        if writing[0] is not None:
-            await asyncio.wait([writing[0]])  # the last periodic write, before the final one
+        await snapshots.stop()  # the last periodic write finishes before the final one
         conductor.shutdown()  # every sounding note gets its note-off
         if midi is not None:
             midi.close()
-        if cfg.snapshot:
-            try:
-                n = conductor.save_snapshot(cfg.snapshot)
-                log.info("saved %d performer state(s) to %s", n, cfg.snapshot)
-            except OSError as exc:
-                log.error("snapshot %s: %s", cfg.snapshot, exc)
+        snapshots.save_final()
         if conductor.recorder:
             conductor.recorder.close()
         osc.close()
     return 0
+
+
+def restore_or_keep(conductor, cfg: ServerConfig) -> Path | None:
+    """--restore brings performers back from the snapshot. A snapshot that is not restored
+    (no --restore, unreadable, or restored only in part) is moved aside, never overwritten;
+    returns where it went."""
+    if not cfg.snapshot or not Path(cfg.snapshot).exists():
+        if cfg.restore and cfg.snapshot:
+            log.warning("--restore: no snapshot %s yet; starting with no performers", cfg.snapshot)
+        return None
+    if cfg.restore:
+        try:
+            restored, failed = conductor.restore(cfg.snapshot)
+            log.info("restored %d performer(s) from %s", restored, cfg.snapshot)
+        except SnapshotError as exc:
+            log.error("%s; starting with no performers", exc)
+            failed = 1
+        if not failed:
+            return None
+    kept = snapshot.keep_previous(cfg.snapshot)
+    log.warning("the snapshot %s was not%s restored: kept as %s", cfg.snapshot, "" if not cfg.restore else " fully", kept)
+    return kept
+
+
+class PeriodicSnapshots:
+    """Performer states saved every `snapshot_every` seconds, and once more at shutdown.
+
+    The states are copied on the loop (small: at most max_performers rows); the file,
+    fsync included, is written on a worker thread, so a slow disk never delays an
+    answer. Nothing is written while nothing has changed."""
+
+    def __init__(self, conductor, cfg: ServerConfig, loop: asyncio.AbstractEventLoop):
+        self.conductor, self.cfg, self.loop = conductor, cfg, loop
+        self.saved_revision = conductor.revision
+        self.writing: asyncio.Future | None = None
+        self.timer = loop.call_later(cfg.snapshot_every, self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self.conductor.expire_idle()
+            revision = self.conductor.revision
+            if self.cfg.snapshot and self.writing is None and revision != self.saved_revision:
+                performers, arrays = self.conductor.snapshot_data()
+                self.writing = self.loop.run_in_executor(None, snapshot.save, self.cfg.snapshot,
+                                                         self.conductor.checkpoint.name, performers, arrays)
+                self.writing.add_done_callback(lambda future: self._written(future, revision))
+        except Exception:  # a bug here must not end snapshots for the rest of the gig
+            log.exception("periodic snapshot")
+        finally:
+            self.timer = self.loop.call_later(self.cfg.snapshot_every, self._tick)
+
+    def _written(self, future: asyncio.Future, revision: int) -> None:
+        self.writing = None
+        if future.exception() is not None:
+            log.error("snapshot %s: %s", self.cfg.snapshot, future.exception())
+        else:
+            self.saved_revision = revision
+
+    async def stop(self) -> None:
+        self.timer.cancel()
+        if self.writing is not None:
+            await asyncio.wait([self.writing])
+
+    def save_final(self) -> None:
+        """At shutdown (after every note is ended): exact, so numbering continues from it."""
+        if not self.cfg.snapshot or self.conductor.revision == self.saved_revision:
+            return
+        try:
+            n = self.conductor.save_snapshot(self.cfg.snapshot, clean=True)
+            log.info("saved %d performer state(s) to %s", n, self.cfg.snapshot)
+        except OSError as exc:
+            log.error("snapshot %s: %s", self.cfg.snapshot, exc)
 
 
 def add_parser(subparsers) -> None:
@@ -155,6 +200,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--midi-virtual", action="store_true", help="open virtual ports 'ensemble in' / 'ensemble out'")
     p.add_argument("--midi-api", help="rtmidi API: alsa, jack, coremidi, ... (MIDO_BACKEND is honoured too)")
     p.add_argument("--thru", action="store_true", default=None, help="MIDI: forward the player's input to the output")
+    p.add_argument("--midi-optional", action="store_true",
+                   help="when MIDI was asked for but there is no MIDI system, serve OSC only instead of failing")
     p.set_defaults(func=run)
 
 
@@ -176,6 +223,8 @@ def run(args) -> int:
         midi["virtual"] = True
     if args.thru is not None:
         midi["thru"] = True
+    if args.midi_optional:
+        midi["optional"] = True
     cli["midi"] = midi
     cli["log_level"] = args.log_level
     cfg = make_config(file_values, cli)

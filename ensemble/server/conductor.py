@@ -21,22 +21,23 @@ Everything the conductor does happens in loop callbacks; nothing blocks.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from ensemble.engine import Sampler, make_engine
 from ensemble.sampling import SamplingSettings, forbidden_mask
 from ensemble.server import snapshot
+from ensemble.errors import UserError
 from ensemble.server.config import MODES, ServerConfig
-from ensemble.server.events import EventError, OutEvent, adapter_for
-from ensemble.server.performer import Output, Performer
+from ensemble.settings import check_value
+from ensemble.messages import (LOCAL, ControlError, Event, EventError, Goodbye, Hello, Origin, Output, Panic,
+                               Play, Reset, SetMode, SetParam, StatusRequest, Transport)
+from ensemble.server.events import OutEvent, adapter_for
+from ensemble.server.performer import Performer
 from ensemble.server.recorder import Recorder
 from ensemble.server.scheduler import HeldNotes, cancel_machine
 from ensemble.server.style import SETTINGS as STYLE_SETTINGS, Style
@@ -44,19 +45,21 @@ from ensemble.server.style import SETTINGS as STYLE_SETTINGS, Style
 log = logging.getLogger("ensemble.server")
 
 FIRST_DT = 4.0  # a performer's first event: "after a long pause"
+MAX_ID = 64  # characters in a performer id
+STATUS_PERFORMERS = 16  # performers listed in one status reply (it must fit one datagram)
+SEQ_MARGIN = 100_000  # after a restore from a periodic snapshot, numbering goes on above anything sent since
 
-# /ensemble/set parameters and the values each accepts
-PARAMETERS = {
-    "temperature": lambda v: v > 0,
-    "top_p": lambda v: 0 < v <= 1,
-    "top_k": lambda v: v >= 0 and float(v).is_integer(),
-    "threshold": lambda v: v >= 0,
-    "max_note": lambda v: v > 0,
-}
+# what /ensemble/set may change per performer: ServerConfig settings, so the ranges are
+# declared once (server/config.py) and a live value is checked as a TOML value is
+PARAMETERS = ("temperature", "top_p", "top_k", "threshold", "max_note")
 
 
-class ControlError(ValueError):
-    """A control message that cannot be carried out; its text goes into /ensemble/error."""
+def check_id(performer_id: str) -> str:
+    """Performer ids are short printable names; "*" means everyone and "{" starts a status reply."""
+    if not isinstance(performer_id, str) or not 1 <= len(performer_id) <= MAX_ID \
+            or not performer_id.isprintable() or performer_id[0] in "*{":
+        raise ControlError(f"performer id must be 1-{MAX_ID} printable characters, not starting with * or {{")
+    return performer_id
 
 
 @dataclass
@@ -68,7 +71,8 @@ class Pending:
 
 
 class Conductor:
-    def __init__(self, checkpoint, config: ServerConfig, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, checkpoint, config: ServerConfig, loop: asyncio.AbstractEventLoop | None = None,
+                 recorder: Recorder | None = None):
         self.checkpoint = checkpoint
         self.config = config
         self.codec = checkpoint.codec
@@ -85,19 +89,18 @@ class Conductor:
         self.performers: dict[str, Performer] = {}
         self.pending: list[Pending] = []
         self._flush_soon = False
-        self.held = HeldNotes(self.loop, self._send)
-        self.recorder: Recorder | None = None
-        self.midi = None  # the MIDI layer, when one runs
-        self.reply: Callable[[tuple, str, list], None] = lambda addr, address, args: None
+        self.held = HeldNotes(self.loop, self.send)
+        self.recorder = recorder
+        self.transports: list[Transport] = []  # OSC, MIDI, ...: attached by whoever starts them
         self.band = None
-        if self.codec.name == "gestures":
+        if self.adapter.kind == "gesture":  # the whole band in one token: stepped on a clock
             from ensemble.server.band import Band
 
             self.band = Band(self, config.gesture_interval)
         self.started = time.monotonic()
         self.steps = 0
+        self.revision = 0  # counts changes, so an unchanged server writes no snapshot
         self.batched_events = 0
-        self.errors = 0
 
     # ------------------------------------------------------------------ performers
 
@@ -107,24 +110,36 @@ class Conductor:
             return np.random.default_rng()
         return np.random.default_rng([seed, zlib.crc32(performer_id.encode())])
 
-    def hello(self, performer_id: str, output: Output, source: str = "", mode: str | None = None) -> Performer:
-        """Register a performer (again): a known one keeps their state and gets the new output."""
+    def hello(self, performer_id: str, output: Output, source: str = "", mode: str | None = None,
+              owner: str | None = None) -> Performer:
+        """Register a performer (again): a known one keeps their state and gets the new output.
+
+        The id belongs to the address (`owner`) that said hello first, until goodbye or the
+        idle timeout: a hello from anywhere else is refused, unless the id is `shared`."""
+        check_id(performer_id)
         p = self.performers.get(performer_id)
         if p is not None:
+            if p.owner != owner:
+                if performer_id not in self.config.shared:
+                    raise ControlError(f"performer {performer_id!r} is played from another address; pick another "
+                                       f"id (or they say goodbye first)")
+                p.owner = owner
             if p.output.name != output.name:
                 self.held.all_off(p)
                 p.output = output
             p.last_heard = self.loop.time()
             return p
         cfg = self.config
-        if len(self.engine.slots_in_use) >= self.engine.capacity:
-            self.engine.grow(self.engine.capacity * 2)
+        if len(self.performers) >= cfg.max_performers:
+            raise ControlError(f"the server is full: {len(self.performers)} performers (max_performers "
+                               f"{cfg.max_performers}); try again after someone leaves")
         p = Performer(
             id=performer_id, slot=self.engine.alloc_slot(), output=output,
             mode=mode or cfg.default_mode,
             settings=SamplingSettings(cfg.temperature, cfg.top_k, cfg.top_p),
             threshold=cfg.threshold, max_note=cfg.max_note, rng=self._rng(performer_id),
             logits=np.zeros(self.vocab, dtype=np.float32), last_heard=self.loop.time(), source=source,
+            owner=owner,
         )
         if self.style_tables is not None:
             p.style = Style(self.style_tables, cfg.style, self.mask)
@@ -145,6 +160,13 @@ class Conductor:
         p = self.performers.get(performer_id)
         if p is None:
             raise ControlError(f"unknown performer {performer_id!r}: send /ensemble/hello {performer_id} first")
+        return p
+
+    def authorized(self, performer_id: str, origin: Origin) -> Performer:
+        """The performer, if `origin` may play or steer them: their own address, or an admin."""
+        p = self.get(performer_id)
+        if not origin.admin and p.owner != origin.owner:
+            raise ControlError(f"performer {performer_id!r} belongs to another address")
         return p
 
     def goodbye(self, performer_id: str) -> None:
@@ -172,11 +194,12 @@ class Conductor:
         p = self.get(performer_id)
         self._silence(p)
         p.mode = mode
+        p.panicked = False
         if mode == "auto":
             self._start_generating(p)
 
     def set_parameter(self, performer_id: str, name: str, value: float | str) -> None:
-        if name in STYLE_SETTINGS and self.style_tables is not None:
+        if name in STYLE_SETTINGS and self.style_tables is not None:  # ensemble.server.style checks them
             targets = list(self.performers.values()) if performer_id == "*" else [self.get(performer_id)]
             for p in targets:
                 try:
@@ -184,13 +207,13 @@ class Conductor:
                 except ValueError as exc:
                     raise ControlError(str(exc)) from None
             return
-        check = PARAMETERS.get(name)
-        if check is None:
+        if name not in PARAMETERS:
             known = list(PARAMETERS) + (list(STYLE_SETTINGS) if self.style_tables is not None else [])
             raise ControlError(f"unknown parameter {name!r}; known: {', '.join(known)}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                or not check(value):
-            raise ControlError(f"{name} {value!r} is out of range")
+        try:
+            value = check_value(ServerConfig, name, value)
+        except UserError as exc:
+            raise ControlError(str(exc)) from None
         targets = list(self.performers.values()) if performer_id == "*" else [self.get(performer_id)]
         for p in targets:
             if name in ("temperature", "top_p", "top_k"):
@@ -198,12 +221,15 @@ class Conductor:
             else:
                 setattr(p, name, float(value))
 
-    def panic(self) -> int:
-        """Silence everything now: pending events cancelled, every sounding note ended."""
+    def panic(self, performer_id: str | None = None) -> int:
+        """Silence everyone (or one performer) now: pending events cancelled, every sounding
+        note ended. An emergency stop: the machine stays quiet, in every mode, until that
+        performer plays again or sets a mode (status shows `silenced_by_panic`)."""
         count = 0
-        for p in self.performers.values():
+        for p in self.performers.values() if performer_id is None else [self.get(performer_id)]:
             count += self._silence(p)
-        log.warning("panic: %d notes ended", count)
+            p.panicked = True
+        log.warning("panic%s: %d notes ended", "" if performer_id is None else f" ({performer_id})", count)
         return count
 
     def _silence(self, p: Performer) -> int:
@@ -218,23 +244,44 @@ class Conductor:
             self.goodbye(pid)
         return gone
 
-    def status(self) -> dict:
+    def status(self, detail: str | None = None, addresses: bool = True) -> dict:
+        """The server at a glance: it always fits one datagram (the first STATUS_PERFORMERS
+        performers, or the one named by `detail`); reply addresses only if `addresses`."""
         m = self.checkpoint.model.config
+        chosen = [self.get(detail)] if detail is not None else list(self.performers.values())[:STATUS_PERFORMERS]
+        listed = [p.status() for p in chosen]
+        if not addresses:
+            for entry in listed:
+                entry.pop("output", None)
         return {
             "model": self.checkpoint.name, "codec": self.codec.name, "vocab": self.vocab,
             "cell": f"{m.layers}x{m.hidden} {m.cell}", "engine": self.engine.kind,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "steps": self.steps, "events_stepped": self.batched_events, "errors": self.errors,
             "recording": str(self.recorder.path) if self.recorder and self.recorder.path else None,
-            "performers": [p.status() for p in self.performers.values()],
-            "midi": self.midi.status() if self.midi else None,
+            "performers_total": len(self.performers), "max_performers": self.config.max_performers,
+            "performers": listed, "midi": None,
+            **{t.name: t.status() for t in self.transports},
         }
+
+    @property
+    def errors(self) -> int:
+        """Bad messages, counted by the transports that refused them."""
+        return sum(getattr(t, "errors", 0) for t in self.transports)
+
+    def attach(self, transport: Transport) -> None:
+        """A transport that hands this conductor events (its status shows under its name)."""
+        self.transports.append(transport)
 
     # ------------------------------------------------------------------ events in
 
-    def play(self, performer_id: str, kind: str, values: tuple, source: str = "") -> None:
+    def play(self, performer_id: str, kind: str, values: tuple, origin: Origin = LOCAL) -> None:
         """A performer played an event; it is stepped at the next `flush`."""
-        p = self.get(performer_id)
+        source = origin.source
+        p = self.performers.get(performer_id)
+        if p is None or (not origin.admin and p.owner != origin.owner):
+            p = self.authorized(performer_id, origin)  # raises with the reason
+        p.panicked = False
         if kind != self.adapter.kind:
             raise EventError(f"this model ({self.codec.name} codec) takes /ensemble/{self.adapter.kind}, "
                              f"not /ensemble/{kind}")
@@ -252,6 +299,7 @@ class Conductor:
         p.stream_time = now
         p.last_heard = now
         p.events_in += 1
+        self.revision += 1
         if self.recorder:
             self.recorder.record("in", p.id, kind, values, source, token=token)
         if p.mode == "respond":
@@ -272,6 +320,7 @@ class Conductor:
             self.pending = rest
             logits = self.engine.step([e.performer.slot for e in batch], [e.token for e in batch])
             self.steps += 1
+            self.revision += 1
             self.batched_events += len(batch)
             for row, e in enumerate(batch):
                 p = e.performer
@@ -375,9 +424,10 @@ class Conductor:
                 self.held.all_off(p)  # one note at a time
             self.held.note(p, *event.values)
         else:
-            self._send(p, event.kind, event.values)
+            self.send(p, event.kind, event.values)
 
-    def _send(self, p: Performer, kind: str, values: tuple) -> None:
+    def send(self, p: Performer, kind: str, values: tuple) -> None:
+        """One event out to the performer's output, numbered and recorded."""
         p.seq += 1
         p.events_out += 1
         p.output.send(p.id, kind, values, p.seq)
@@ -386,78 +436,127 @@ class Conductor:
 
     # ------------------------------------------------------------------ control messages
 
-    def control(self, address: str, args: list, reply_to: tuple | None, source: str,
-                make_output: Callable[[str, list], Output] | None = None) -> None:
-        """Carry out one /ensemble/... message; raises EventError/ControlError with the reason."""
-        verb = address.rsplit("/", 1)[-1]
-        if verb in ("note", "touch", "gesture"):
-            self.play(args[0], verb, tuple(args[1:]), source)
-            return
-        self.flush()  # events that came before a control message are answered before it
-        if verb == "hello":
-            if make_output is None:
-                raise ControlError("hello needs a reply address")
-            self.hello(args[0], make_output(args[0], args[1:]), source)
-        elif verb == "mode":
-            self.set_mode(args[0], args[1])
-        elif verb == "set":
-            self.set_parameter(args[0], args[1], args[2])
-        elif verb == "reset":
-            self.reset(args[0])
-        elif verb == "goodbye":
-            self.goodbye(args[0])
-        elif verb == "panic":
-            self.panic()
-        elif verb == "status":
-            if reply_to is not None:
-                self.reply(reply_to, "/ensemble/status", [json.dumps(self.status())])
+    def handle(self, event: Event, origin: Origin = LOCAL):
+        """Carry out one event from a transport; raises EventError/ControlError with the reason.
+
+        `origin.owner` is bound to a performer id at hello; an `origin.admin` may steer any
+        performer and everyone at once ("*", panic), anyone else only their own. Returns
+        the status for a StatusRequest, else None."""
+        if isinstance(event, Play):
+            self.play(event.performer, event.kind, event.values, origin)
+            return None
+        if not isinstance(event, Hello):  # a hello changes nobody's pending events: they stay batched
+            self.flush()  # events that came before a control message are answered before it
+        if isinstance(event, StatusRequest):
+            if event.performer is not None:
+                self.authorized(event.performer, origin)
+            return self.status(event.performer, event.addresses)
+        self.revision += 1
+        if isinstance(event, Hello):
+            self.hello(event.performer, event.output, origin.source, event.mode, origin.owner)
+            kind, values = "hello", [event.output.name]
+        elif isinstance(event, SetMode):
+            self.authorized(event.performer, origin)
+            self.set_mode(event.performer, event.mode)
+            kind, values = "mode", [event.mode]
+        elif isinstance(event, SetParam):
+            if event.performer == "*" and not origin.admin:
+                raise ControlError("set for everyone (*) is only taken from this machine or the admin networks")
+            if event.performer != "*":
+                self.authorized(event.performer, origin)
+            self.set_parameter(event.performer, event.name, event.value)
+            kind, values = "set", [event.name, event.value]
+        elif isinstance(event, Reset):
+            self.authorized(event.performer, origin)
+            self.reset(event.performer)
+            kind, values = "reset", []
+        elif isinstance(event, Goodbye):
+            self.authorized(event.performer, origin)
+            self.goodbye(event.performer)
+            kind, values = "goodbye", []
+        elif isinstance(event, Panic):
+            if event.performer is None and not origin.admin:
+                raise ControlError("panic for everyone is only taken from this machine or the admin networks; "
+                                   "name your performer")
+            if event.performer is not None:
+                self.authorized(event.performer, origin)
+            self.panic(event.performer)
+            kind, values = "panic", []
         else:
-            raise ControlError(f"unknown address {address}")
-        if self.recorder and verb != "status":
-            self.recorder.record("in", args[0] if args else "*", verb, args[1:], source)
+            raise ControlError(f"unknown event {type(event).__name__}")
+        if self.recorder:
+            self.recorder.record("in", getattr(event, "performer", None) or "*", kind, values, origin.source)
+        return None
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot_data(self) -> tuple[list[dict], list[dict]]:
+    def snapshot_data(self, clean: bool = False) -> tuple[list[dict], list[dict]]:
+        """Every performer's state, copied now (on the loop). `clean`: written at shutdown, when
+        nothing more can be sent, so sequence numbers may continue exactly from it."""
         performers, arrays = [], []
+        now, wall = self.loop.time(), time.time()
         for p in self.performers.values():
             out = p.output
             performers.append({
                 "id": p.id, "mode": p.mode, **p.settings_dict(), "seq": p.seq, "has_logits": p.has_logits,
-                "output": getattr(out, "describe", lambda: {"name": out.name})(),
-                "rng": p.rng.bit_generator.state,
-                "since_last": None if p.stream_time is None else self.loop.time() - p.stream_time,
+                "output": getattr(out, "describe", lambda: {"name": out.name})(), "owner": p.owner,
+                "rng": p.rng.bit_generator.state, "clean": clean,
+                # wall-clock time of their last event: the pause across a restart counts too
+                "last_event_wall": None if p.stream_time is None else wall - (now - p.stream_time),
                 "style": p.style.settings.as_dict() if p.style is not None else None,
-                "style_state": p.style.state(self.loop.time()) if p.style is not None else None,
+                "style_state": p.style.state(now) if p.style is not None else None,
             })
             arrays.append({**self.engine.get_state(p.slot), "logits": p.logits.copy()})
         return performers, arrays
 
-    def save_snapshot(self, path) -> int:
-        performers, arrays = self.snapshot_data()
+    def save_snapshot(self, path, clean: bool = False) -> int:
+        performers, arrays = self.snapshot_data(clean)
         snapshot.save(path, self.checkpoint.name, performers, arrays)
         return len(performers)
 
-    def restore(self, path, make_output: Callable[[dict], Output]) -> int:
+    def output_from(self, description: dict) -> Output:
+        """A restored performer's output, rebuilt by the transport that made it."""
+        for t in self.transports:
+            out = t.output_from(description)
+            if out is not None:
+                return out
+        raise ValueError(f"no transport running for output {description.get('name', description)!r}")
+
+    def restore(self, path) -> tuple[int, int]:
+        """Bring performers back from a snapshot: (restored, not restored). Each one's output
+        first gets all-notes-off (notes sounding at a crash were never ended); numbering goes
+        on above anything that could have been sent after a periodic snapshot."""
         meta, arrays = snapshot.load(path)
         if meta.get("model") != self.checkpoint.name:
             log.warning("snapshot %s was taken with model %s, serving %s", path, meta.get("model"), self.checkpoint.name)
-        restored = 0
+        restored = failed = 0
         for info, state in zip(meta["performers"], arrays):
+            pid = info.get("id") if isinstance(info, dict) else None
             try:
-                p = self.hello(info["id"], make_output(info["output"]), mode=info["mode"])
+                p = self.hello(info["id"], self.output_from(info["output"]), mode=info["mode"], owner=info.get("owner"))
                 self.engine.set_state(p.slot, {k: v for k, v in state.items() if k != "logits"})
-                np.copyto(p.logits, state["logits"])
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("snapshot %s: performer %r not restored (%s)", path, info.get("id"), exc)
-                if info.get("id") in self.performers:
-                    self.goodbye(info["id"])
+                np.copyto(p.logits, state["logits"], casting="same_kind")
+                for name in PARAMETERS:
+                    if name in info:
+                        self.set_parameter(p.id, name, info[name])
+                seq = info["seq"]
+                if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+                    raise ValueError(f"seq {seq!r}")
+                p.rng.bit_generator.state = info["rng"]
+                if info["mode"] not in MODES:
+                    raise ValueError(f"mode {info['mode']!r}")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.error("snapshot %s: performer %r not restored (%s)", path, pid, exc)
+                if isinstance(pid, str) and pid in self.performers:
+                    self.goodbye(pid)
+                failed += 1
                 continue
-            p.has_logits = info["has_logits"]
-            p.seq = info["seq"]
-            p.settings = SamplingSettings(info["temperature"], int(info["top_k"]), info["top_p"])
-            p.threshold, p.max_note = info["threshold"], info["max_note"]
-            p.rng.bit_generator.state = info["rng"]
+            p.has_logits = bool(info["has_logits"])
+            p.seq = seq if info.get("clean") else seq + SEQ_MARGIN
+            last = info.get("last_event_wall")
+            if isinstance(last, (int, float)) and not isinstance(last, bool):
+                p.stream_time = self.loop.time() - max(0.0, time.time() - last)
+            self.all_notes_off(p)
             for name, value in (info.get("style") or {}).items() if p.style is not None else ():
                 try:
                     p.style.set(name, value)
@@ -469,10 +568,20 @@ class Conductor:
                 except (ValueError, KeyError, TypeError) as exc:
                     log.error("snapshot %s: %s's tempo and dynamics not restored (%s)", path, p.id, exc)
                     p.style.reset()
-            if info.get("since_last") is not None:
-                p.stream_time = self.loop.time() - info["since_last"]
             restored += 1
-        return restored
+        return restored, failed
+
+    def all_notes_off(self, p: Performer) -> None:
+        """End any note that may sound on this performer's output, tracked or not."""
+        if self.adapter.kind != "note":
+            return
+        off = getattr(p.output, "all_notes_off", None)
+        if off is not None:
+            off()
+            return
+        for pitch in range(getattr(self.codec, "low_pitch", 0), getattr(self.codec, "high_pitch", 127) + 1):
+            p.seq += 1
+            p.output.send(p.id, "note", (pitch, 0), p.seq)
 
     # ------------------------------------------------------------------ shutdown
 

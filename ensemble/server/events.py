@@ -12,11 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ensemble.errors import UserError
-
-
-class EventError(ValueError):
-    """A message whose values this model cannot take; the text goes into /ensemble/error."""
+from ensemble.errors import UserError, a_or_an
+from ensemble.messages import EventError  # noqa: F401  (raised here, defined at the boundary)
 
 
 class NotServable(UserError):
@@ -113,12 +110,13 @@ class GesturesAdapter:
         self.codec = codec
 
 
-ADAPTERS = {"notes": NotesAdapter, "touch": TouchAdapter, "gestures": GesturesAdapter}
+ADAPTERS = {"note": NotesAdapter, "touch": TouchAdapter, "gesture": GesturesAdapter}  # by the codec's `live`
 
 
 def adapter_for(codec):
-    if codec.name not in ADAPTERS:
+    adapter = ADAPTERS.get(getattr(codec, "live", None))
+    if adapter is None:
         raise NotServable(
-            f"a {codec.name} model cannot be served live: the server needs a codec with one token per "
-            f"played event ({', '.join(ADAPTERS)}); use `ensemble generate` for {codec.name} models")
-    return ADAPTERS[codec.name](codec)
+            f"{a_or_an(codec.name)} model cannot be served live: the server needs a codec with one token per "
+            f"played event (a note, a touch, a gesture); use `ensemble generate` for {codec.name} models")
+    return adapter(codec)

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
+from ensemble.messages import Output
 from ensemble.sampling import SamplingSettings
-
-
-class Output(Protocol):
-    """Where a performer's predictions go: an OSC reply address, a MIDI port and channel."""
-
-    name: str
-
-    def send(self, performer: str, kind: str, values: tuple, seq: int) -> None: ...
 
 
 @dataclass
@@ -40,6 +32,8 @@ class Performer:
     events_in: int = 0
     events_out: int = 0
     source: str = ""
+    owner: str | None = None          # the address (IP) that said hello; None for local transports (MIDI)
+    panicked: bool = False            # silenced by /ensemble/panic: quiet until they play or set a mode
     extra: dict = field(default_factory=dict)
     style: object = None              # notes models: their ensemble.server.style.Style
 
@@ -51,5 +45,5 @@ class Performer:
     def status(self) -> dict:
         return {"id": self.id, "mode": self.mode, "slot": self.slot, "output": self.output.name,
                 "events_in": self.events_in, "events_out": self.events_out, "seq": self.seq,
-                "generating": self.generating, **self.settings_dict(),
+                "generating": self.generating, "silenced_by_panic": self.panicked, **self.settings_dict(),
                 **({"style": self.style.describe()} if self.style is not None else {})}

@@ -1,5 +1,8 @@
 """The session log: every event in and out, append-only; tomorrow's training data.
 
+(Reading a log back is `ensemble.session_log`, outside the server: `prepare` and `plot`
+read logs without starting one.)
+
 One JSON object per line (`.jsonl`), so a log cut short by a crash is still parseable up
 to its last complete line. The first line describes the session (model, codec); each
 event line has:
@@ -106,21 +109,3 @@ class Recorder:
             self._timer.cancel()
             self._timer = None
         self._close_file()
-
-
-def read_session(path) -> tuple[dict, list[dict]]:
-    """The header and the events of a session log; a torn last line is ignored."""
-    header, events = {}, []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
-                if line.endswith("\n"):
-                    raise ValueError(f"{path}:{n + 1}: not a JSON line") from None
-                break  # the last line was cut short by a crash
-            if n == 0 and item.get("kind") == "session":
-                header = item
-            else:
-                events.append(item)
-    return header, events

@@ -1,0 +1,74 @@
+"""Bounded per-key rate limits: for packets, error replies and log lines.
+
+Everything keyed by something a sender chooses (a source address and port, a performer
+id) is a table that a hostile sender could grow without end; each table here holds at
+most `max_keys` entries and forgets the longest idle first. A token bucket per key
+allows `rate` events a second with bursts of `burst`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+
+
+class RateLimiter:
+    def __init__(self, rate: float, burst: float | None = None, max_keys: int = 4096, clock=time.monotonic):
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else max(1.0, rate))
+        self.max_keys = max_keys
+        self.clock = clock
+        self._buckets: OrderedDict = OrderedDict()  # key -> [tokens, last time]
+
+    def allow(self, key) -> bool:
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._buckets.popitem(last=False)  # the longest unused key
+            bucket = self._buckets[key] = [self.burst, now]
+        else:
+            self._buckets.move_to_end(key)
+            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
+
+    def forget(self, key) -> None:
+        self._buckets.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class QuietLog:
+    """Log lines (and whatever goes with them) per source, at most `rate` a second each;
+    the next line that gets through says how many were suppressed in between."""
+
+    def __init__(self, logger: logging.Logger, rate: float = 5.0, burst: float = 10.0, max_keys: int = 4096):
+        self.log = logger
+        self.limiter = RateLimiter(rate, burst, max_keys)
+        self.suppressed: dict = {}
+        self.total_suppressed = 0
+
+    def allow(self, key) -> bool:
+        """True if one more line (or reply) for `key` may go out now."""
+        if self.limiter.allow(key):
+            return True
+        if len(self.suppressed) < self.limiter.max_keys or key in self.suppressed:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+        self.total_suppressed += 1
+        return False
+
+    def warning(self, key, message: str, *args) -> bool:
+        if not self.allow(key):
+            return False
+        missed = self.suppressed.pop(key, 0)
+        if missed:
+            message += " (%d more from %s suppressed)"
+            args = (*args, missed, key)
+        self.log.warning(message, *args)
+        return True
