@@ -39,6 +39,7 @@ from ensemble.errors import UserError
 
 LEVELS = (("pp", 40), ("mf", 72), ("f", 104))
 ACCENT = 16
+LOOP_DELAY = 0.001  # seconds between a machine event and the planning of the next (a step, a send)
 FIRST_DT = 4.0  # as the conductor: a performer's first event comes "after a long pause"
 
 
@@ -87,7 +88,7 @@ def _accent(onsets, beat) -> float:
     return float(np.mean(on) - np.mean(off)) if on and off else math.nan
 
 
-def player(notes, semitones: int, bpm: float, level: int, count: int):
+def player(notes, semitones: int, bpm: float, level: int, count: int, gate: float = 1.0):
     """The first `count` notes of a piece as a performer plays them: (time, pitch, velocity) events."""
     from ensemble.codecs.midi_notes import Note
     from ensemble.codecs.notes import from_notes
@@ -99,7 +100,8 @@ def player(notes, semitones: int, bpm: float, level: int, count: int):
     for n in chosen:
         beats = (n.start - t0) / 0.5
         velocity = min(127, level + (ACCENT if abs(beats - round(beats)) < 1e-6 else 0))
-        played.append(Note((n.start - t0) * f, (n.end - t0) * f, min(max(n.pitch + semitones, 0), 127), velocity))
+        start = (n.start - t0) * f
+        played.append(Note(start, start + (n.end - n.start) * f * gate, min(max(n.pitch + semitones, 0), 127), velocity))
     events, now = [], 0.0
     for e in from_notes(played):
         now += e.dt
@@ -116,7 +118,7 @@ def run_piece(ckpt, tables, notes, variants, settings, args, rng):
 
     B = len(variants)
     styles = [Style(tables, dict(settings)) for _ in variants]
-    plays = [player(notes, k, bpm, level, args.prime_notes) for k, bpm, level in variants]
+    plays = [player(notes, k, bpm, level, args.prime_notes, args.gate) for k, bpm, level in variants]
     primes = []
     for style, events in zip(styles, plays):
         tokens, last = [], None
@@ -140,7 +142,8 @@ def run_piece(ckpt, tables, notes, variants, settings, args, rng):
             tokens = sample(logits, sampling, rng, mask if mask.any() else None)
             for i, (style, token) in enumerate(zip(styles, tokens)):
                 placed = style.place(int(token), stream[i], now[i])
-                stream[i] = now[i] = placed.when
+                stream[i] = placed.when
+                now[i] = placed.when + LOOP_DELAY  # the server plans the next event just after this one
                 pitch, velocity = placed.values
                 if velocity > 0:
                     answers[i].append((placed.when, pitch, velocity))
@@ -278,8 +281,8 @@ def run(args) -> int:
 
     import torch
 
-    if args.length < 1 or args.pieces < 1 or args.prime_notes < 4:
-        raise UserError("--length and --pieces must be >= 1, --prime-notes >= 4")
+    if args.length < 1 or args.pieces < 1 or args.prime_notes < 4 or not 0 < args.gate <= 1:
+        raise UserError("--length and --pieces must be >= 1, --prime-notes >= 4, --gate in (0, 1]")
     ckpt = checkpoint.load(args.model)
     from ensemble.server.events import NotServable, adapter_for
 
@@ -347,6 +350,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--tempos", default="60,75,120,200", help="bpm (120 is the pieces' own tempo)")
     s.add_argument("--prime-notes", type=int, default=32, help="notes the player plays before the answer")
     s.add_argument("--length", type=int, default=96, help="events (note-ons and note-offs) the machine answers with")
+    s.add_argument("--gate", type=float, default=1.0,
+                   help="how long the player holds each note, as a fraction of its written length (0.9: detached)")
     s.add_argument("--threshold", type=float, default=1.5, help="respond: seconds of silence before the answer")
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-k", type=int, default=0)

@@ -265,7 +265,7 @@ def test_eval_style_measures_answers_with_and_without_following(notes_model, tmp
     # following puts every answer onset on the player's pulse, at their loudness, in their
     # scale (the tempo ratio is the tiny model's own rhythm: measured on folk-notes, not here)
     for bpm in ("75.0", "200.0"):
-        assert follow["phase_ms"][bpm] < 1.0
+        assert follow["phase_ms"][bpm] < 5.0  # the simulated loop delay (1 ms) per event, not piling up
         assert base["tempo_ratio"][bpm] is not None
     assert follow["velocity_diff"] < base["velocity_diff"]
     assert follow["in_scale"] >= base["in_scale"]

@@ -57,6 +57,7 @@ NOTE_VALUES = (0.25, 0.5, 0.125, 1.0, 2.0, 0.375, 0.75, 1.5, 3.0, 4.0, 1 / 6, 1 
 READINGS = np.array([1.0, 1.5, 0.75, 4 / 3, 2 / 3])
 LOG_PLAIN = np.log([0.0625, 0.125, 0.1875, 0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0])
 READING_MARGIN = 0.05
+ARTICULATION = 0.07    # model seconds: a shorter gap between an off and an on is articulation
 SNAP = 1.12            # a gap within 12 % of a note value is that note value
 SIXTEENTH = 0.125      # model seconds
 SLOTS = 4              # sixteenths per beat: where in the beat an onset falls
@@ -290,7 +291,10 @@ class Style:
         self._bias_dirty = True
         self._bias = None
         self.resumed = False                  # the machine has placed an event since the player last played
+        self._last_on = False                 # the player's last event was a note-on
         self.machine_onset: float | None = None
+        self._planned_at: float | None = None  # the machine's last event: when it was meant to be
+        self._placed_at: float | None = None   # and when it was placed (later if the loop was late)
         self.onsets: deque = deque(maxlen=IOI_WINDOW + 1)  # the player's recent onset times
         self.anchor: float | None = None      # a point of their pulse grid, set when the machine starts
         self.anchor_slot = 0
@@ -382,6 +386,14 @@ class Style:
         if not self.settings.follow:
             return codec.encode_event(dt, pitch, velocity)
         model_dt = dt if dt >= self.t.max_dt else self._snap(dt / self.scale)
+        on = velocity > 0
+        if 0.0 < model_dt < ARTICULATION and on != self._last_on:
+            # a note-on just after a note-off (or an off just after an on): the player's
+            # articulation, not a rest. The corpus is legato (the off and the next on
+            # together), so it goes in as "together"; the note's own length, snapped to a
+            # note value, keeps the time right.
+            model_dt = 0.0
+        self._last_on = on
         token = codec.encode_event(model_dt, pitch, velocity)
         b = self.t.bin_of[token]
         if 0 < b < self.t.last_bin:
@@ -536,6 +548,10 @@ class Style:
             when = max(now, start + e.dt)
             velocity = e.velocity if e.velocity == 0 else int(min(max(e.velocity, s.vel_low), s.vel_high))
             return self._density(Placed(when, "note", e.dt, (e.pitch, velocity)), now)
+        if stream_time is not None and stream_time == self._placed_at:
+            # our own chain: count from where the last event was meant to be, so the loop's
+            # delay in playing it (a step, a send: ~1 ms) does not pile up note after note
+            start = self._planned_at
         dt = self.model_dt(token) * self.scale
         when = start + dt
         pulse = REFERENCE_IOI * self.scale  # the player's commonest IOI
@@ -555,12 +571,14 @@ class Style:
             previous = self.last_onset if self.machine_onset is None else max(self.machine_onset, self.last_onset)
             grid = pulse if when - previous >= 0.75 * pulse else 0.5 * pulse
             when = anchor + math.floor((when - anchor) / grid + 0.5) * grid
-            if when < now:
+            if when < now - 0.25 * grid:  # long past (not just the loop's own delay): next grid point
                 when += grid * math.ceil((now - when) / grid - 1e-9)
-        when = max(when, now)
         self.resumed = True
         velocity = 0 if e.velocity == 0 else self.velocity(when, e.velocity)
-        return self._density(Placed(when, "note", when - start, (e.pitch, velocity)), now)
+        planned = self._density(Placed(when, "note", when - start, (e.pitch, velocity)), now).when
+        when = max(planned, now)
+        self._planned_at, self._placed_at = planned, when
+        return Placed(when, "note", when - (now if stream_time is None else stream_time), (e.pitch, velocity))
 
     def _anchor(self, pulse: float) -> None:
         """The player's pulse grid: its phase is the circular mean of their recent onsets
