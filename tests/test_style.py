@@ -294,3 +294,33 @@ def test_what_was_heard_survives_a_snapshot_round_trip():
         last = a_now = a.when
     with pytest.raises((ValueError, KeyError, TypeError)):
         back.load_state({"iois": []}, 0.0)
+
+
+def test_a_loop_that_plays_each_event_a_little_late_does_not_drift():
+    """The server plans the next event ~1 ms after playing the last one: onsets stay on the grid."""
+    style = Style(TABLES)
+    last = play(style, [i * 0.25 for i in range(16)])
+    stream, now, onsets = last, last + 1.5, []
+    for _ in range(40):
+        for tok in (token(0.0, 64, 80), token(0.25, 64, 0)):
+            placed = style.place(tok, stream, now)
+            if placed.values[1]:
+                onsets.append(placed.when)
+            stream, now = placed.when, placed.when + 0.001
+    errors = [abs(t / 0.125 - round(t / 0.125)) * 0.125 for t in onsets]
+    assert max(errors) <= 0.0011
+    assert np.median(np.diff(onsets)) == pytest.approx(0.25, abs=0.002)
+
+
+def test_a_detached_player_is_heard_legato():
+    style = Style(TABLES)
+    for i in range(16):  # eighths at 100 bpm, each held 80 % of its length
+        t = i * 0.3
+        on = style.hear(t, 4.0 if i == 0 else 0.3 * 0.2, 60 + i % 5, 80)
+        off = style.hear(t + 0.24, 0.24, 60 + i % 5, 0)
+        if i >= 1:
+            assert TABLES.time_bin[on] == 0  # the 60 ms gap is articulation, not a rest
+        assert TABLES.note_off[off]
+    assert style.scale == pytest.approx(1.2)
+    # (the held length itself goes in as the nearest note value, 0.2 -> 0.1875 model s:
+    # a detached player's notes sound a little shorter to the model than they are)
