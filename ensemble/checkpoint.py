@@ -16,15 +16,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from ensemble import codecs
 from ensemble.errors import UserError
 from ensemble.files import read_json
-from ensemble.model import ModelConfig, TokenRNN
+from ensemble.model_types import MODEL_TYPES, TOKEN_RNN, ModelConfig, ModelWeights, weight_shapes
+
+if TYPE_CHECKING:
+    from ensemble.model import TokenRNN
 
 FORMAT = "ensemble-model"
 VERSION = 1
@@ -39,7 +42,7 @@ class CheckpointError(UserError):
 
 @dataclass
 class Checkpoint:
-    model: TokenRNN
+    model: Union["TokenRNN", ModelWeights]  # `load`: the torch model; `load_live`: numpy weights
     codec: codecs.Codec
     meta: dict = field(default_factory=dict)
     path: Path | None = None
@@ -49,8 +52,11 @@ class Checkpoint:
         return self.path.name if self.path else "?"
 
 
-def save(folder, model: TokenRNN, codec, meta: dict | None = None) -> Path:
+def save(folder, model: "TokenRNN", codec, meta: dict | None = None) -> Path:
     """Write a model folder atomically: readers see the old folder or the new one, whole."""
+    import torch
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     meta = dict(meta or {})
     if codec.vocab_size != model.config.vocab_size:
@@ -58,6 +64,7 @@ def save(folder, model: TokenRNN, codec, meta: dict | None = None) -> Path:
     config = {
         "format": FORMAT,
         "version": VERSION,
+        "model_type": TOKEN_RNN,
         "model": model.config.to_dict(),
         "codec": codec.describe(),
         **meta,
@@ -137,12 +144,17 @@ def read_config(folder) -> dict:
     return config
 
 
-def load(folder, device="cpu") -> Checkpoint:
-    """Load a model folder (or a run folder's best model) for inference, in eval mode."""
+def _read(folder) -> tuple[Path, dict, ModelConfig, codecs.Codec, Path]:
+    """The parts of a model folder both loaders need, checked: (folder, config.json,
+    model config, codec, weights path)."""
     folder = resolve(folder)
     config = read_config(folder)
+    model_type = config.get("model_type", TOKEN_RNN)  # folders from before model types: TokenRNN
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(f"{folder / CONFIG}: model type {model_type!r} is not one this ensemble knows "
+                              f"({', '.join(MODEL_TYPES)})")
     try:
-        model_config = ModelConfig.from_dict(config["model"])
+        model_config = MODEL_TYPES[model_type].from_dict(config["model"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder / CONFIG}: bad model section ({exc})") from None
     try:
@@ -155,28 +167,61 @@ def load(folder, device="cpu") -> Checkpoint:
         raise CheckpointError(
             f"{folder}: codec has {codec.vocab_size} tokens but the model was built for {model_config.vocab_size}"
         )
-    model = TokenRNN.from_config(model_config)
     weights_path = folder / WEIGHTS
     if not weights_path.exists():
         raise CheckpointError(f"{folder}: no {WEIGHTS}")
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({exc})") from None
-    expected = model.state_dict()
+    return folder, config, model_config, codec, weights_path
+
+
+def _check_weights(weights_path: Path, state: dict, model_config: ModelConfig) -> None:
+    expected = weight_shapes(model_config)
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
         raise CheckpointError(f"{weights_path}: weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
-    for key, tensor in expected.items():
-        if state[key].shape != tensor.shape:
-            raise CheckpointError(
-                f"{weights_path}: {key} has shape {tuple(state[key].shape)}, the config needs {tuple(tensor.shape)}"
-            )
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise CheckpointError(f"{weights_path}: {key} has shape {tuple(state[key].shape)}, the config needs {shape}")
+
+
+def _meta(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in ("format", "version", "model_type", "model", "codec")}
+
+
+def load(folder, device="cpu") -> Checkpoint:
+    """Load a model folder (or a run folder's best model) for inference, in eval mode."""
+    from safetensors.torch import load_file
+
+    from ensemble.model import TokenRNN
+
+    folder, config, model_config, codec, weights_path = _read(folder)
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({exc})") from None
+    _check_weights(weights_path, state, model_config)
+    model = TokenRNN.from_config(model_config)
     model.load_state_dict(state)
     model.to(device).eval()
-    meta = {k: v for k, v in config.items() if k not in ("format", "version", "model", "codec")}
-    return Checkpoint(model, codec, meta, folder)
+    return Checkpoint(model, codec, _meta(config), folder)
+
+
+def load_live(folder) -> Checkpoint:
+    """Load a model folder for the live server: the weights as float32 numpy arrays
+    (`ModelWeights`, which has the model's `config`), without importing torch. Refuses
+    exactly what `load` refuses."""
+    from safetensors.numpy import load_file
+
+    folder, config, model_config, codec, weights_path = _read(folder)
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({exc})") from None
+    _check_weights(weights_path, state, model_config)
+    if any(a.dtype != np.float32 for a in state.values()):
+        state = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
+    model_type = config.get("model_type", TOKEN_RNN)
+    return Checkpoint(ModelWeights(model_config, state, model_type), codec, _meta(config), folder)
 
 
 def _fmt(value, digits=4) -> str:

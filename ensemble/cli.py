@@ -26,11 +26,26 @@ COMMAND_MODULES = [
     "ensemble.eval_style",    # eval style
     "ensemble.io.ports",      # ports
 ]
+# the command each module registers: `ensemble serve ...` imports only the server's
+# module (train and generate import torch, most of a second that serve never needs)
+COMMANDS = dict(zip(["serve", "train", "generate", "prepare", "bench", "plot", "ports"], COMMAND_MODULES))
 
 
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named on a command line (skipping the global --log-level), if any."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--log-level":
+            i += 2
+        elif arg.startswith("--log-level="):
+            i += 1
+        else:
+            return arg if arg in COMMANDS else None
+    return None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ensemble",
         description="A real-time neural music server for live ensembles, and the trainer for its models.",
@@ -38,13 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="how much to log on stderr (default: info, or the server config's log_level)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in [COMMANDS[only]] if only else COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

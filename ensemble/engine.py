@@ -13,10 +13,12 @@ numpy, which on these small CPUs is several times faster per event than torch ea
   nothing. rnn, gru and lstm cells, 1-3 layers.
 - **TorchEngine**: the same interface around the torch model itself (inference mode,
   oneDNN off during the step): the reference the numpy engine is tested against.
-- **Sampler**: `ensemble.sampling.sample` with preallocated buffers; exactly the same
-  draws (same settings, same rng consumption, same tokens) at about half the cost.
+- **Sampler** (defined in `ensemble.sampling`, importable from here too): the server's
+  sampler, the distribution of `ensemble.sampling.sample` without its sorts.
 
-`make_engine(model, kind="numpy", slots=16)` builds either engine.
+`make_engine(model, kind="numpy", slots=16)` builds either engine, from a torch TokenRNN
+or from a `ModelWeights` (numpy arrays, what `checkpoint.load_live` gives the server):
+this module imports no torch; only the torch engine does, when it is built.
 
 How the numpy step is laid out
 ------------------------------
@@ -43,15 +45,23 @@ in the h rows, n_h with zeros in the x rows) of the same single matmul.
 
 from __future__ import annotations
 
-import copy
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
-from ensemble.model import TokenRNN
-from ensemble.sampling import SamplingSettings, sample
+from ensemble.model_types import TOKEN_RNN, ModelWeights
+from ensemble.sampling import Sampler, SamplingSettings, sample  # noqa: F401 - Sampler lives on here for callers
+
+if TYPE_CHECKING:
+    from ensemble.model import TokenRNN
 
 KINDS = ("numpy", "torch")
+AnyModel = Union["TokenRNN", ModelWeights]
+
+
+def as_weights(model: AnyModel) -> ModelWeights:
+    """numpy weights of a torch TokenRNN (copied) or of a ModelWeights (as they are)."""
+    return model if isinstance(model, ModelWeights) else ModelWeights.from_torch(model)
 
 # Batches up to this size are stepped one slot at a time (matrix-vector products);
 # larger ones as one matrix product. On the 2-core EPYC machines with OpenBLAS, small-M
@@ -282,7 +292,7 @@ class Engine:
 
     kind = "?"
 
-    def __init__(self, model: TokenRNN, bank):
+    def __init__(self, model: AnyModel, bank):
         self.config = model.config
         self.vocab_size = model.config.vocab_size
         self.bank = bank
@@ -343,14 +353,14 @@ class Engine:
         return self.step([slot], [token])[0]
 
 
-def _fused_layers(model: TokenRNN) -> list[tuple[np.ndarray, np.ndarray]]:
+def _fused_layers(weights: ModelWeights) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per layer: the fused gate matrix M (in + hidden, G*hidden) and bias (G*hidden,),
     float64, gate columns in engine order and sigmoid gates pre-scaled by 1/2."""
-    cfg = model.config
+    cfg = weights.config
     H = cfg.hidden
     out = []
     for layer in range(cfg.layers):
-        w_ih, w_hh, b_ih, b_hh = (getattr(model.rnn, f"{name}_l{layer}").detach().cpu().double().numpy()
+        w_ih, w_hh, b_ih, b_hh = (np.asarray(weights.arrays[f"rnn.{name}_l{layer}"], dtype=np.float64)
                                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
         n_in = w_ih.shape[1]
         if cfg.cell == "rnn":
@@ -389,15 +399,16 @@ class NumpyEngine(Engine):
 
     kind = "numpy"
 
-    def __init__(self, model: TokenRNN, slots: int = 16):
-        cfg = model.config
-        super().__init__(model, StateBank(cfg.layers, cfg.hidden, cfg.cell == "lstm", slots, cfg.embedding))
+    def __init__(self, model: AnyModel, slots: int = 16):
+        weights = as_weights(model)
+        cfg = weights.config
+        super().__init__(weights, StateBank(cfg.layers, cfg.hidden, cfg.cell == "lstm", slots, cfg.embedding))
         self.cell, self.layers, self.hidden = cfg.cell, cfg.layers, cfg.hidden
         E, H, L = cfg.embedding, cfg.hidden, cfg.layers
         f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
-        self.embedding = np.array(model.embed.weight.detach().cpu().numpy(), dtype=np.float32)  # a copy
+        self.embedding = np.array(weights.arrays["embed.weight"], dtype=np.float32)  # a copy
         self.weights, self.biases = [], []
-        for layer, (M, b) in enumerate(_fused_layers(model)):
+        for layer, (M, b) in enumerate(_fused_layers(weights)):
             pad = ((0, 0), (0, padded_width(M.shape[1]) - M.shape[1]))  # zero columns: gates that stay 0
             if layer == 0:  # input [1, x, h_0]: the bias is the first weight row
                 self.weights.append(f32(np.pad(np.concatenate([b[None, :], M], axis=0), pad)))
@@ -405,8 +416,8 @@ class NumpyEngine(Engine):
             else:
                 self.weights.append(f32(np.pad(M, pad)))
                 self.biases.append(f32(np.pad(b, pad[1])))
-        head_w = model.head.weight.detach().cpu().double().numpy()
-        head_b = model.head.bias.detach().cpu().double().numpy()
+        head_w = np.asarray(weights.arrays["head.weight"], dtype=np.float64)
+        head_b = np.asarray(weights.arrays["head.bias"], dtype=np.float64)
         head = np.concatenate([head_w.T, head_b[None, :]], axis=0)  # input [h_{L-1}, 1]
         self.head = f32(np.pad(head, ((0, 0), (0, padded_width(self.vocab_size) - self.vocab_size))))
         self.gate_width = self.weights[0].shape[1]
@@ -546,12 +557,17 @@ class TorchEngine(Engine):
 
     kind = "torch"
 
-    def __init__(self, model: TokenRNN, slots: int = 16):
+    def __init__(self, model: AnyModel, slots: int = 16):
+        import copy
+
         import torch
 
         cfg = model.config
         super().__init__(model, TorchStateBank(cfg.layers, cfg.hidden, cfg.cell == "lstm", slots))
-        self.model = copy.deepcopy(model).to("cpu", torch.float32).eval()
+        if isinstance(model, ModelWeights):
+            self.model = model.to_torch()
+        else:
+            self.model = copy.deepcopy(model).to("cpu", torch.float32).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -582,197 +598,39 @@ class TorchEngine(Engine):
         return logits.numpy()
 
 
-def make_engine(model: TokenRNN, kind: str = "numpy", slots: int = 16) -> Engine:
-    """An engine of `kind` ("numpy" for live use, "torch" for reference) with `slots` slots."""
-    if kind == "numpy":
-        return NumpyEngine(model, slots)
-    if kind == "torch":
-        return TorchEngine(model, slots)
-    raise ValueError(f"engine kind must be one of {', '.join(KINDS)}, got {kind!r}")
+# each model type's live engines, by kind
+ENGINES = {TOKEN_RNN: {"numpy": NumpyEngine, "torch": TorchEngine}}
 
 
-# --------------------------------------------------------------------------- sampling
-
-
-class Sampler:
-    """`ensemble.sampling.sample` for one model's logits, with preallocated buffers.
-
-    Same arguments, same result for the same rng state, and the rng advances the same
-    way (tested): the float64 arithmetic is the same numpy kernels in the same order,
-    into reused buffers. Three steps that do no arithmetic, or the same sequential
-    arithmetic, run in torch, where they are 2-4x faster on these machines: the top-k
-    threshold (`topk`'s k-th value is the value np.partition finds), the cumulative
-    sum (torch's CPU cumsum adds sequentially in float64, like numpy's) and the count
-    of cumulative sums <= u (a `searchsorted` on the non-decreasing sums counts the
-    same entries). top-p falls back to `sample` itself.
-    """
-
-    def __init__(self, vocab_size: int, max_batch: int = 16):
-        self.vocab_size = vocab_size
-        self._grow(max_batch)
-
-    def _grow(self, batch: int) -> None:
-        import torch
-
-        self.max_batch = batch
-        self._z = np.empty((batch, self.vocab_size))
-        self._cum = np.empty((batch, self.vocab_size))
-        self._below = np.empty((batch, self.vocab_size), dtype=bool)
-        self._u = np.empty((batch, 1))
-        self._torch = {}  # B -> torch views of the buffers' first B rows
-        for B in range(1, batch + 1):
-            self._torch[B] = (torch.from_numpy(self._z[:B]), torch.from_numpy(self._cum[:B]),
-                              torch.from_numpy(self._u[:B]))
-        self._torch_row = (torch.from_numpy(self._z[0]), torch.from_numpy(self._cum[0]))
-
-    def __call__(self, logits: np.ndarray, settings: SamplingSettings, rng: np.random.Generator,
-                 mask: np.ndarray | None = None):
-        logits = np.asarray(logits)
-        if settings.top_p < 1.0 or logits.ndim not in (1, 2) or logits.shape[-1] != self.vocab_size:
-            return sample(logits, settings, rng, mask)
-        if mask is not None:
-            mask = np.asarray(mask, dtype=bool)
-        if logits.ndim == 1:
-            return self._one(logits, settings, rng, mask)
-        if logits.shape[0] == 1 and (mask is None or mask.ndim == 1 or mask.shape[0] == 1):
-            # rng.random() draws what rng.random((1, 1)) would
-            row_mask = None if mask is None else mask.reshape(-1)
-            return np.array([self._one(logits[0], settings, rng, row_mask)], dtype=np.intp)
-        return self._many(logits, settings, rng, mask)
-
-    def _one(self, logits, settings, rng, mask) -> int:
-        import torch
-
-        z, cum, V = self._z[0], self._cum[0], self.vocab_size
-        np.copyto(z, logits)
-        if mask is not None:
-            if mask.ndim != 1:
-                return int(sample(logits, settings, rng, mask))
-            if mask.all():
-                raise ValueError("every token is forbidden by the mask")
-            np.copyto(z, -np.inf, where=mask)
-        if settings.greedy:
-            return int(z.argmax())
-        if settings.temperature != 1.0:  # x / 1.0 == x exactly
-            np.divide(z, settings.temperature, out=z)
-        k = settings.top_k
-        if 0 < k < V:  # the k-th largest value, as np.partition(z, -k)[-k] finds it
-            kth = float(torch.topk(self._torch_row[0], k).values[-1])
-            below = self._below[0]
-            np.less(z, kth, out=below)
-            np.copyto(z, -np.inf, where=below)
-        np.subtract(z, z.max(), out=z)
-        np.exp(z, out=z)
-        np.divide(z, z.sum(), out=z)
-        tz, tcum = self._torch_row
-        torch.cumsum(tz, 0, out=tcum)
-        u = rng.random() * cum[-1]
-        choice = min(int(cum.searchsorted(u, "right")), V - 1)
-        if z[choice] == 0:  # never land on a zero-probability token through rounding
-            choice = int(z.argmax())
-        return choice
-
-    def _many(self, logits, settings, rng, mask) -> np.ndarray:
-        import torch
-
-        B, V = logits.shape
-        if B > self.max_batch:
-            self._grow(B)
-        z, cum = self._z[:B], self._cum[:B]
-        np.copyto(z, logits)
-        if mask is not None:
-            if np.any(np.all(mask, axis=-1)):
-                raise ValueError("every token is forbidden by the mask")
-            np.copyto(z, -np.inf, where=mask)
-        if settings.greedy:
-            return np.argmax(z, axis=1)
-        if settings.temperature != 1.0:
-            np.divide(z, settings.temperature, out=z)
-        k = settings.top_k
-        tz, tcum, tu = self._torch[B]
-        if 0 < k < V:
-            kth = torch.topk(tz, k, dim=1).values[:, -1:].numpy()
-            below = self._below[:B]
-            np.less(z, kth, out=below)
-            np.copyto(z, -np.inf, where=below)
-        np.subtract(z, z.max(axis=1, keepdims=True), out=z)
-        np.exp(z, out=z)
-        np.divide(z, z.sum(axis=1, keepdims=True), out=z)
-        torch.cumsum(tz, 1, out=tcum)
-        np.multiply(rng.random((B, 1)), cum[:, -1:], out=self._u[:B])
-        choice = torch.searchsorted(tcum, tu, right=True).numpy()[:, 0]
-        np.minimum(choice, V - 1, out=choice)
-        for row in np.flatnonzero(z[np.arange(B), choice] == 0):
-            choice[row] = int(np.argmax(z[row]))
-        return choice
+def make_engine(model: AnyModel, kind: str = "numpy", slots: int = 16) -> Engine:
+    """An engine of `kind` ("numpy" for live use, "torch" for reference) with `slots` slots,
+    for a torch TokenRNN or a ModelWeights (whose model type picks the engine class)."""
+    engines = ENGINES[getattr(model, "model_type", TOKEN_RNN)]
+    if kind not in engines:
+        raise ValueError(f"engine kind must be one of {', '.join(engines)}, got {kind!r}")
+    return engines[kind](model, slots)
 
 
 # ------------------------------------------------------------------- numpy's BLAS threads
 
-_BLAS_SYMBOLS = [  # (get, set) as OpenBLAS builds name them
-    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-    ("openblas_get_num_threads", "openblas_set_num_threads"),
-]
-
-
-def _openblas():
-    """(get, set) functions of the OpenBLAS that numpy loaded, or None."""
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for get, set_ in _BLAS_SYMBOLS:
-            if hasattr(lib, get) and hasattr(lib, set_):
-                return getattr(lib, get), getattr(lib, set_)
-    return None
-
 
 def blas_info() -> dict:
-    """numpy's BLAS: name, version and its thread count where it can be read."""
-    info = {"name": "?", "version": "?", "threads": None}
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        info.update(name=blas.get("name", "?"), version=blas.get("version", "?"))
-    except Exception:  # noqa: BLE001 - only descriptive
-        pass
-    try:
-        import threadpoolctl
+    """numpy's BLAS: name, version and its thread count (threadpoolctl reads them)."""
+    import threadpoolctl
 
-        for pool in threadpoolctl.threadpool_info():
-            if pool.get("user_api") == "blas":
-                info.update(name=pool.get("internal_api", info["name"]), version=pool.get("version", info["version"]),
-                            threads=pool.get("num_threads"))
-                return info
-    except ImportError:
-        pass
-    funcs = _openblas()
-    if funcs is not None:
-        info["threads"] = int(funcs[0]())
+    info = {"name": "?", "version": "?", "threads": None}
+    for pool in threadpoolctl.threadpool_info():
+        if pool.get("user_api") == "blas":
+            info.update(name=pool.get("internal_api", "?"), version=pool.get("version", "?"),
+                        threads=pool.get("num_threads"))
+            break
     return info
 
 
 def set_blas_threads(n: int) -> bool:
-    """Limit numpy's BLAS to n threads (threadpoolctl if installed, else OpenBLAS's own
-    call); False when it cannot be done in this process."""
-    try:
-        import threadpoolctl
+    """Limit numpy's BLAS to n threads for the rest of the process; False when no BLAS
+    thread pool was found to limit."""
+    import threadpoolctl
 
-        threadpoolctl.threadpool_limits(n, user_api="blas")
-        return True
-    except ImportError:
-        pass
-    funcs = _openblas()
-    if funcs is None:
-        return False
-    funcs[1](int(n))
-    return True
+    threadpoolctl.threadpool_limits(int(n), user_api="blas")  # stays in force (no `with`)
+    return any(pool.get("user_api") == "blas" for pool in threadpoolctl.threadpool_info())

@@ -12,45 +12,13 @@ softmax).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-CELLS = ("rnn", "gru", "lstm")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a TokenRNN; stored in a checkpoint's config.json."""
-
-    vocab_size: int
-    cell: str = "lstm"
-    layers: int = 2
-    hidden: int = 256
-    embedding: int = 64
-    dropout: float = 0.0
-
-    def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
-        if not 1 <= self.layers <= 3:
-            raise ValueError(f"layers must be 1..3, got {self.layers}")
-        if self.vocab_size < 2 or self.hidden < 1 or self.embedding < 1:
-            raise ValueError(f"vocab_size >= 2, hidden >= 1 and embedding >= 1 needed, got {self}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+# the config lives where the live server can read it without importing torch
+from ensemble.model_types import CELLS, ModelConfig  # noqa: F401 - part of this module's interface
 
 
 @dataclass

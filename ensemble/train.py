@@ -28,7 +28,11 @@ import json
 import logging
 import math
 import os
+import signal
+import sys
+import threading
 import time
+from argparse import SUPPRESS
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -63,7 +67,7 @@ def recorded_settings(cfg: "TrainConfig", model_config) -> dict:
     settings["size"] = next((name for name, preset in SIZES.items() if preset == shape), "custom")
     settings["layers"], settings["hidden"], settings["embedding"] = shape
     settings["cell"], settings["dropout"] = model_config.cell, model_config.dropout
-    for key in ("data", "out", "init_from"):
+    for key in ("data", "out", "init_from", "val_data"):
         if settings.get(key):
             settings[key] = checkpoint.portable_path(settings[key])
     return settings
@@ -78,25 +82,29 @@ class TrainError(UserError):
 
 @dataclass
 class TrainConfig:
+    """Every setting of a run. None means "choose for me" (see `choose_defaults`); the
+    chosen values are written to RUN/run.json, so a resumed run uses exactly them."""
+
     data: str
     out: str
     codec: str | None = None  # only for a raw text file: "text"
+    val_data: str | None = None  # validate on this file or prepared corpus instead of a split of `data`
     # model
     size: str = "m"
     cell: str = "lstm"
     layers: int | None = None
     hidden: int | None = None
     embedding: int | None = None
-    dropout: float = 0.0
+    dropout: float | None = None  # None: from corpus size (tokens per parameter)
     # optimisation
     seq_len: int = 64
     batch: int = 32
-    steps: int = 2000
-    max_time: float | None = None  # seconds of wall-clock; stop cleanly when spent
-    lr: float = 2e-3
-    min_lr: float = 2e-4
+    steps: int | None = None  # None: 2000, or unbounded when max_time is given
+    max_time: float | None = None  # seconds of wall-clock; the schedule decays over it, then a clean stop
+    lr: float | None = None  # None: from the model's hidden size
+    min_lr: float | None = None  # None: lr / 10
     warmup: int = 50
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: from corpus size, like dropout
     clip: float = 1.0
     # augmentation, for codecs that can (music): transpose +-N semitones, stretch +-P
     transpose: int = 0
@@ -105,7 +113,7 @@ class TrainConfig:
     eval_every: int = 200
     eval_tokens: int = 200_000  # at most this many validation tokens per evaluation
     save_every: int = 200
-    patience: int = 0  # early stopping: evaluations without improvement; 0 = never
+    patience: int = 5  # early stopping: evaluations without improvement; 0 = never
     seed: int = 0
     device: str = "auto"
     init_from: str | None = None
@@ -222,13 +230,17 @@ class StreamBatcher:
 
 
 def load_corpus(cfg: TrainConfig) -> data.Corpus:
-    """A prepared corpus folder, or (with --codec text) a raw text file."""
+    """A prepared corpus folder, or (with --codec text) a raw text file; validated on
+    held-out pieces of it, or with --val-data on another file or corpus (all of --data
+    then trains)."""
     path = data.require_exists(cfg.data)
+    if cfg.val_data:
+        data.require_exists(cfg.val_data)
     if data.is_prepared(path):
         corpus = data.load_prepared(path)
         if cfg.codec and corpus.codec.name != cfg.codec:
             raise TrainError(f"--codec {cfg.codec} but {path} was prepared with the {corpus.codec.name} codec")
-        return corpus
+        return with_val_data(corpus, cfg.val_data) if cfg.val_data else corpus
     if cfg.codec != "text":
         if path.is_dir():
             raise TrainError(f"{path}: not a prepared corpus (no manifest.json); run `ensemble prepare` first")
@@ -238,10 +250,44 @@ def load_corpus(cfg: TrainConfig) -> data.Corpus:
     text = data.read_text_file(path)
     if len(text) < 20:
         raise TrainError(f"{path}: only {len(text)} characters; need some text to learn from")
-    codec = TextCodec.from_corpus(text)
+    val_text = ""
+    if cfg.val_data and not data.is_prepared(cfg.val_data):
+        val_text = data.read_text_file(cfg.val_data)  # its characters join the vocabulary
+    codec = TextCodec.from_corpus(text + val_text)
     pieces = data.text_pieces(text, codec, source=path.name)
     summary = {"corpus": str(path), "characters": len(text)}
+    if cfg.val_data:
+        return with_val_data(data.Corpus(codec, pieces, [], summary), cfg.val_data)
     return data.make_corpus(codec, pieces, cfg.val_fraction, cfg.seed, summary)
+
+
+def with_val_data(corpus: data.Corpus, val_data: str) -> data.Corpus:
+    """All of `corpus` trains; `val_data` (a prepared corpus of the same codec, or a text
+    file for the text codec) validates, so the loss measures text the split could not."""
+    path = Path(val_data)
+    if data.is_prepared(path):
+        held = data.load_prepared(path)
+        if held.codec.describe() != corpus.codec.describe():
+            raise TrainError(f"--val-data {path}: prepared with another {held.codec.name} codec than the training "
+                             f"data's {corpus.codec.name} codec (vocabularies must match)")
+        val = held.train + held.val
+    elif corpus.codec.input_kind == "text":  # a character codec: any text file encodes
+        text = data.read_text_file(path)
+        unknown = corpus.codec.unknown_in(text)
+        if unknown:
+            log.warning("--val-data %s: %d characters are not in the vocabulary (%r); they count as unknown",
+                        path, sum(text.count(c) for c in unknown), "".join(sorted(unknown))[:20])
+        val = data.text_pieces(text, corpus.codec, source=path.name)
+    elif path.is_dir():
+        raise TrainError(f"--val-data {path}: not a prepared corpus (no manifest.json); run `ensemble prepare` first")
+    else:
+        raise TrainError(f"--val-data {path}: a raw file validates only a text-codec model; "
+                         f"prepare it with the {corpus.codec.name} codec first")
+    val = [p for p in val if len(p.tokens) >= 2]
+    if not val:
+        raise TrainError(f"--val-data {path}: nothing to validate on (no piece of 2 or more tokens)")
+    summary = {**corpus.summary, "val_data": str(path)}
+    return data.Corpus(corpus.codec, corpus.train + corpus.val, val, summary)
 
 
 def augmenter(codec, cfg: TrainConfig):
@@ -279,12 +325,101 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay from lr to min_lr over the planned steps."""
+def learning_rate(step: int, elapsed: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay from lr to min_lr that
+    reaches min_lr exactly when the budget is spent: the planned `steps`, or `max_time`
+    seconds (progress = elapsed / max_time), whichever runs out first. A time budget
+    thus gets a whole schedule whatever the machine's speed (a step count guessed for
+    another machine would stop mid-decay, or finish early and idle)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    progress = 0.0
+    if cfg.steps:
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.max_time:
+        progress = max(progress, elapsed / cfg.max_time)
+    progress = min(1.0, progress)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# Peak learning rate of a 256-wide TokenRNN; narrower ones take larger steps, in
+# proportion (256 / hidden), wider ones smaller. Measured on O'Neill's tunes as
+# characters at 1,000 steps (README "Training"): best of 2e-3, 5e-3, 1e-2 for 2x256;
+# 1e-2 to 1.4e-2 for 2x128; 2e-2 over 1e-2 for 1x64. The old fixed 2e-3 was too timid.
+LR_AT_256 = 5e-3
+
+
+def count_parameters(vocab: int, cell: str, layers: int, hidden: int, embedding: int) -> int:
+    """TokenRNN's parameter count without building it (defaults are chosen before the model is)."""
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    rnn = sum(gates * hidden * ((embedding if i == 0 else hidden) + hidden + 2) for i in range(layers))
+    return vocab * embedding + rnn + hidden * vocab + vocab
+
+
+def default_lr(hidden: int) -> float:
+    return float(f"{LR_AT_256 * 256 / hidden:.2g}")
+
+
+def default_embedding(vocab: int, hidden: int) -> int:
+    """Embedding width for a vocabulary: 2 sqrt(vocab), rounded up to 16, at most hidden.
+
+    The presets' embeddings (32-128) suit characters and ABC; a packed vocabulary such as
+    the notes codec's 3,660 tokens (time bin x pitch x velocity) was starved by them: on
+    O'Neill's tunes as notes a 2x128 LSTM reached 1.79 nats/token after 600 steps with
+    embedding 128 against 2.56 with the preset's 48 (README "Training"). The size's
+    preset stays when it is larger."""
+    return min(hidden, 16 * math.ceil(2 * math.sqrt(vocab) / 16))
+
+
+def default_regularisation(tokens_per_parameter: float) -> tuple[float, float]:
+    """(dropout, weight decay) for a corpus of this size relative to the model.
+
+    With fewer training tokens than parameters a model memorises its corpus within a
+    few epochs and the validation loss turns back up; with many tokens per parameter
+    regularisation only slows learning down. The thresholds are from the measurements
+    in the README (O'Neill's tunes: 0.8 tokens per parameter for the 2x256 LSTM).
+    """
+    if tokens_per_parameter < 2:
+        return 0.2, 0.1
+    if tokens_per_parameter < 20:
+        return 0.1, 0.05
+    return 0.0, 0.0
+
+
+def choose_defaults(cfg: TrainConfig, corpus: data.Corpus, init) -> list[str]:
+    """Fill in every setting left as None, in place; returns what was chosen and why
+    (logged, and kept in run.json so that a resumed run keeps them)."""
+    chosen = []
+    if init is not None:
+        shape = (init.model.config.layers, init.model.config.hidden, init.model.config.embedding)
+        if cfg.dropout is None:
+            cfg.dropout = init.model.config.dropout
+    else:
+        shape = cfg.model_shape()
+    layers, hidden, embedding = shape
+    if init is None and cfg.embedding is None and default_embedding(corpus.codec.vocab_size, hidden) > embedding:
+        cfg.embedding = embedding = default_embedding(corpus.codec.vocab_size, hidden)
+        chosen.append(f"embedding {embedding} ({corpus.codec.vocab_size} tokens)")
+    if cfg.steps is None and cfg.max_time is None:
+        cfg.steps = 2000
+    if cfg.lr is None:
+        cfg.lr = default_lr(hidden)
+        chosen.append(f"lr {cfg.lr:g} (hidden {hidden})")
+    if cfg.min_lr is None:
+        cfg.min_lr = cfg.lr / 10
+    n_params = count_parameters(corpus.codec.vocab_size, cfg.cell, layers, hidden, embedding)
+    ratio = corpus.train_tokens / n_params
+    dropout, weight_decay = default_regularisation(ratio)
+    regularised = []
+    if cfg.dropout is None:
+        cfg.dropout = dropout
+        regularised.append(f"dropout {dropout:g}")
+    if cfg.weight_decay is None:
+        cfg.weight_decay = weight_decay
+        regularised.append(f"weight decay {weight_decay:g}")
+    if regularised:
+        chosen.append(" and ".join(regularised) + f" ({ratio:.2g} training tokens per parameter)")
+    return chosen
 
 
 @torch.no_grad()
@@ -370,18 +505,67 @@ def distributed_setup(device_name: str) -> tuple[int, int, torch.device]:
 # ---------------------------------------------------------------------------- the run
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run (or, with `resume`, continue) a training run; returns the final validation metrics."""
-    rank, world, device = distributed_setup(cfg.device)
-    main_process = rank == 0
-    out = Path(cfg.out)
-    state_path = out / "train_state.pt"
+@dataclass
+class Progress:
+    """Where a run stands; saved in train_state.pt and restored by --resume."""
 
-    # -- everything is checked before anything is written
-    corpus = load_corpus(cfg)
+    step: int = 0
+    best: float = float("inf")  # best validation loss so far, nats/token
+    best_step: int = 0
+    evals_without_gain: int = 0
+    elapsed: float = 0.0  # seconds of training so far, over every session of the run
+    last_eval_step: int = 0
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM ask the loop to stop after the current step, save a
+    resumable state and say how to resume, instead of killing it where it stands and
+    losing everything since the last save. A second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # asked twice: the user means now
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # only there can Python take signals
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def build_model(cfg: TrainConfig, vocab_size: int, init, device) -> TokenRNN:
+    if init is not None:
+        model = init.model
+    else:
+        layers, hidden, embedding = cfg.model_shape()
+        try:
+            model = TokenRNN(vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
+    model.to(device).train()
+    if cfg.freeze_rnn:
+        for p in list(model.embed.parameters()) + list(model.rnn.parameters()):
+            p.requires_grad_(False)
+    return model
+
+
+def check_settings(cfg: TrainConfig, corpus: data.Corpus, init, resume: bool, state_path: Path) -> None:
+    """Everything is checked before anything is written."""
+    out = state_path.parent
     if not corpus.val:
         if cfg.val_fraction > 0:
-            raise TrainError(f"{cfg.data}: no validation pieces; prepare with --val-fraction > 0, "
+            raise TrainError(f"{cfg.data}: no validation pieces; prepare with --val-fraction > 0, give --val-data, "
                              "or train with --val-fraction 0 to train without validation")
         log.warning("no validation (--val-fraction 0): no validation loss is measured, and RUN/best is "
                     "the last checkpoint")
@@ -389,14 +573,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         raise TrainError(f"{out}: nothing to resume (no train_state.pt)")
     if not resume and state_path.exists():
         raise TrainError(f"{out} already holds a training run; resume it with --resume {out} or choose another --out")
-    init = None
-    if cfg.init_from and not resume:
-        init = checkpoint.load(cfg.init_from)
-        if init.codec.describe() != corpus.codec.describe():
-            raise TrainError(f"--init-from {cfg.init_from}: its {init.codec.name} codec differs from the data's "
-                             f"{corpus.codec.name} codec; fine-tune only on data prepared with the same codec")
-    if cfg.batch < 1 or cfg.seq_len < 1 or cfg.steps < 1:
+    if init is not None and init.codec.describe() != corpus.codec.describe():
+        raise TrainError(f"--init-from {cfg.init_from}: its {init.codec.name} codec differs from the data's "
+                         f"{corpus.codec.name} codec; fine-tune only on data prepared with the same codec")
+    if cfg.batch < 1 or cfg.seq_len < 1 or (cfg.steps is not None and cfg.steps < 1):
         raise TrainError("--batch, --seq-len and --steps must be >= 1")
+    if cfg.max_time is not None and cfg.max_time <= 0:
+        raise TrainError(f"--max-time must be > 0 seconds, got {cfg.max_time:g}")
+    if cfg.lr is not None and cfg.lr <= 0:
+        raise TrainError(f"--lr must be > 0, got {cfg.lr:g}")
     if cfg.cell not in CELLS:
         raise TrainError(f"--cell must be one of {', '.join(CELLS)}")
     if cfg.freeze_rnn and not (cfg.init_from or resume):
@@ -405,40 +590,113 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         log.warning("--transpose/--stretch do nothing for the %s codec (only MIDI-like codecs augment)",
                     corpus.codec.name)
 
-    torch.manual_seed(cfg.seed + rank)
-    if init is not None:
-        model = init.model
-        model.train()
+
+def train_step(model, params, optimizer, batch, carried: RNNState, cfg: TrainConfig, device):
+    """One optimiser step on one window of every stream; returns the loss, the carried
+    state (detached: truncated BPTT keeps the values, drops the history) and the number
+    of target tokens."""
+    x, y, keep = batch
+    pin = device.type == "cuda"
+    x, y = (torch.from_numpy(a).pin_memory() if pin else torch.from_numpy(a) for a in (x, y))
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    carried = carried.reset_rows(torch.from_numpy(keep).to(device))  # a new piece starts from zeros
+    with autocast(device):
+        logits, carried = model(x, carried)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+    optimizer.step()
+    return loss.item(), carried.detach(), int((y != IGNORE).sum())
+
+
+def agree(elapsed: float, interrupted: bool, world: int, device) -> tuple[float, bool]:
+    """Data-parallel ranks must follow one clock and stop on the same step: take the max."""
+    if world == 1:
+        return elapsed, interrupted
+    flags = torch.tensor([elapsed, float(interrupted)], device=device)
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return float(flags[0]), bool(flags[1])
+
+
+def summary_lines(run: Progress, stop_reason: str, wall: float, tokens: int) -> list[str]:
+    """What a run ends with: how good, from when, how fast, and whether more would help."""
+    if run.best == float("inf"):  # --val-fraction 0
+        return [f"no validation (--val-fraction 0); stopped at step {run.step} ({stop_reason})",
+                f"wall time {wall:.1f} s, {tokens / max(wall, 1e-9):,.0f} training tokens/s"]
+    lines = [f"best validation loss {run.best:.4f} nats/token ({run.best / math.log(2):.3f} bits) "
+             f"at step {run.best_step}; stopped at step {run.step} ({stop_reason})",
+             f"wall time {wall:.1f} s, {tokens / max(wall, 1e-9):,.0f} training tokens/s"]
+    if run.best_step == run.last_eval_step:
+        lines.append("still improving at the end (the last validation was the best): more time should help")
     else:
-        layers, hidden, embedding = cfg.model_shape()
-        try:
-            model = TokenRNN(corpus.codec.vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout)
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-    model.to(device)
-    if cfg.freeze_rnn:
-        for p in list(model.embed.parameters()) + list(model.rnn.parameters()):
-            p.requires_grad_(False)
+        lines.append(f"not improving: no better validation loss in the last {run.evals_without_gain} "
+                     f"validation(s), since step {run.best_step}")
+    return lines
+
+
+def restore(state_path: Path, model, optimizer, batcher, rank: int, device) -> tuple[Progress, RNNState]:
+    """Load train_state.pt into the model, optimiser, batcher and RNG; the progress and
+    the carried hidden state come back. `weights_only=True`: no pickle is executed."""
+    saved = torch.load(state_path, map_location=device, weights_only=True)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    batcher.load_state_dict(json.loads(saved["batchers"])[rank])
+    carried = RNNState(saved["carried_h"][rank].to(device),
+                       None if saved["carried_c"] is None else saved["carried_c"][rank].to(device))
+    torch.set_rng_state(saved["rng_cpu"][rank])
+    if device.type == "cuda" and saved.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(saved["rng_cuda"][rank].cpu())
+    return Progress(**{k: saved[k] for k in asdict(Progress()) if k in saved}), carried  # older states lack some
+
+
+def card_meta(cfg: TrainConfig, corpus: data.Corpus, model_config, n_params: int, baseline: float, metrics: dict,
+              step: int) -> dict:
+    """What a model folder says about how it was made (its card and config.json)."""
+    settings = recorded_settings(cfg, model_config)
+    return {
+        "description": f"A TokenRNN trained by `ensemble train` on {settings['data']}.",
+        "parameters": n_params,
+        "data": {**checkpoint.portable_data(corpus.summary),
+                 "train_pieces": len(corpus.train), "train_tokens": corpus.train_tokens,
+                 "val_pieces": len(corpus.val), "val_tokens": corpus.val_tokens,
+                 "unigram_entropy_nats": round(baseline, 4)},
+        "validation": {**metrics, "step": step},
+        "training": settings,
+        "retrain": "ensemble train " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in settings.items()
+            if v not in (None, False, "custom") and k != "out" and not isinstance(v, bool))
+            + f" --out {settings['out']}",
+    }
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run (or, with `resume`, continue) a training run; returns the final validation
+    metrics with "best", "best_step", "step" and "stop_reason"."""
+    rank, world, device = distributed_setup(cfg.device)
+    main_process = rank == 0
+    out = Path(cfg.out)
+    state_path = out / "train_state.pt"
+
+    corpus = load_corpus(cfg)
+    init = checkpoint.load(cfg.init_from) if cfg.init_from and not resume else None
+    check_settings(cfg, corpus, init, resume, state_path)
+    chosen = [] if resume else choose_defaults(cfg, corpus, init)
+
+    torch.manual_seed(cfg.seed + rank)
+    model = raw_model = build_model(cfg, corpus.codec.vocab_size, init, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     batcher = StreamBatcher(corpus.train, cfg.batch, cfg.seq_len, cfg.seed, rank, world,
                             augment=augmenter(corpus.codec, cfg))
     carried = model.initial_state(cfg.batch, device)
-    step, best, evals_without_gain = 0, float("inf"), 0
-
+    run = Progress()
     if resume:
-        saved = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step, best, evals_without_gain = saved["step"], saved["best"], saved["evals_without_gain"]
-        batcher.load_state_dict(json.loads(saved["batchers"])[rank])
-        carried = RNNState(saved["carried_h"][rank].to(device),
-                           None if saved["carried_c"] is None else saved["carried_c"][rank].to(device))
-        torch.set_rng_state(saved["rng_cpu"][rank])
-        if device.type == "cuda" and saved.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(saved["rng_cuda"][rank].cpu())
-    raw_model = model
+        run, carried = restore(state_path, model, optimizer, batcher, rank, device)
+        if cfg.steps and run.step >= cfg.steps:
+            raise TrainError(f"{out}: the run is finished ({run.step} of {cfg.steps} steps)")
+        if cfg.max_time and run.elapsed >= cfg.max_time:
+            raise TrainError(f"{out}: the run has had its {cfg.max_time:g} s; resume it with a longer --max-time")
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -448,13 +706,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        csv_log = CsvLog(out / "log.csv", truncate_after_step=step if resume else None)
-        log.info("%s: %d train pieces (%d tokens), %d validation pieces (%d tokens), %s codec, %d tokens",
+        csv_log = CsvLog(out / "log.csv", truncate_after_step=run.step if resume else None)
+        log.info("%s: %d train pieces (%d tokens), %d validation pieces (%d tokens%s), %s codec, %d tokens",
                  cfg.data, len(corpus.train), corpus.train_tokens, len(corpus.val), corpus.val_tokens,
-                 corpus.codec.name, corpus.codec.vocab_size)
+                 f" from {cfg.val_data}" if cfg.val_data else "", corpus.codec.name, corpus.codec.vocab_size)
         log.info("model: %d x %d %s, %d parameters, on %s%s; unigram baseline %.3f nats/token",
                  raw_model.config.layers, raw_model.config.hidden, raw_model.config.cell, n_params, device,
                  f" x {world} processes" if world > 1 else "", baseline)
+        budget = " and ".join(([f"{cfg.steps} steps"] if cfg.steps else [])
+                              + ([f"{cfg.max_time:g} s"] if cfg.max_time else []))
+        log.info("budget %s (the learning rate decays over it)%s", budget,
+                 "; chose " + ", ".join(chosen) if chosen else "")
 
     def save_state() -> None:
         """Everything to resume exactly; every rank contributes its data position and state."""
@@ -468,123 +730,108 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if not main_process:
             return
         state = {
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "best": best, "evals_without_gain": evals_without_gain,
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), **asdict(run),
             "batchers": json.dumps(batchers), "carried_h": hs,
             "carried_c": None if cs[0] is None else cs,
             "rng_cpu": rngs,
             "rng_cuda": [torch.cuda.get_rng_state()] * world if device.type == "cuda" else None,
         }
         atomic_write(state_path, lambda f: torch.save(state, f))
-        log.debug("saved resumable state at step %d", step)
+        checkpoint.save(out / "last", raw_model, corpus.codec, meta(metrics))
+        log.debug("saved resumable state at step %d", run.step)
 
     def meta(metrics: dict) -> dict:
-        settings = recorded_settings(cfg, raw_model.config)
-        return {
-            "description": f"A TokenRNN trained by `ensemble train` on {settings['data']}.",
-            "parameters": n_params,
-            "data": {**checkpoint.portable_data(corpus.summary),
-                     "train_pieces": len(corpus.train), "train_tokens": corpus.train_tokens,
-                     "val_pieces": len(corpus.val), "val_tokens": corpus.val_tokens,
-                     "unigram_entropy_nats": round(baseline, 4)},
-            "validation": {**metrics, "step": step},
-            "training": settings,
-            "retrain": "ensemble train " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in settings.items()
-                if v not in (None, False, "custom") and k != "out" and not isinstance(v, bool))
-                + f" --out {settings['out']}",
-        }
+        return card_meta(cfg, corpus, raw_model.config, n_params, baseline, metrics, run.step)
+
+    def validate(train_loss: float, lr: float, rate: float) -> None:
+        """Validation loss, the log, and `best/` whenever it improves (so early stopping keeps the best)."""
+        nonlocal metrics
+        run.last_eval_step = run.step
+        csv_log.write(step=run.step, split="train", loss_nats=train_loss, loss_bits=train_loss / math.log(2),
+                      perplexity=math.exp(min(train_loss, 50)), lr=lr, tokens_per_s=rate, elapsed_s=run.elapsed)
+        if not corpus.val:  # --val-fraction 0: nothing to compare; RUN/best is the last checkpoint
+            metrics = NO_VALIDATION
+            say(f"step {run.step}: train {train_loss:.4f}, no validation, lr {lr:.2g}, {rate:,.0f} tokens/s")
+            checkpoint.save(out / "best", raw_model, corpus.codec, meta(metrics))
+            return
+        metrics = evaluate(raw_model, corpus.val, cfg, device)
+        csv_log.write(step=run.step, split="val", loss_nats=metrics["loss_nats"], loss_bits=metrics["loss_bits"],
+                      perplexity=metrics["perplexity"], accuracy=metrics["accuracy"], lr=lr,
+                      elapsed_s=run.elapsed)
+        say(f"step {run.step}: train {train_loss:.4f}, val {metrics['loss_nats']:.4f} nats/token "
+            f"({metrics['loss_bits']:.3f} bits), accuracy {metrics['accuracy']:.3f}, lr {lr:.2g}, "
+            f"{rate:,.0f} tokens/s")
+        if metrics["loss_nats"] < run.best:
+            run.best, run.best_step, run.evals_without_gain = metrics["loss_nats"], run.step, 0
+            checkpoint.save(out / "best", raw_model, corpus.codec, meta(metrics))
+        else:
+            run.evals_without_gain += 1
 
     # -- the loop
     progress = None
     if main_process and cfg.progress:
         from tqdm import tqdm
-        progress = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True)
-    started = time.monotonic()
-    tokens_seen, window_started = 0, time.monotonic()
-    metrics = {}
-    stop_reason = "steps"
+        progress = tqdm(total=cfg.steps, initial=run.step, unit="step", dynamic_ncols=True)
+    say = progress.write if progress is not None else log.info
+    session_started = time.monotonic()
+    started = session_started - run.elapsed  # the schedule's clock runs on across resumes
+    session_tokens, tokens_seen, window_started = 0, 0, time.monotonic()
+    metrics: dict = {}
+    stop_reason = None
     model.train()
-    while step < cfg.steps:
-        lr = learning_rate(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y, keep = batcher.next_batch()
-        pin = device.type == "cuda"
-        x, y = (torch.from_numpy(a).pin_memory() if pin else torch.from_numpy(a) for a in (x, y))
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        carried = carried.reset_rows(torch.from_numpy(keep).to(device))
-        with autocast(device):
-            logits, carried = model(x, carried)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-        optimizer.step()
-        carried = carried.detach()  # truncated BPTT: keep the values, drop the history
-        step += 1
-        tokens_seen += int((y != IGNORE).sum()) * world
+    try:
+        with StopSignals() as signals:
+            while stop_reason is None:
+                lr = learning_rate(run.step, run.elapsed, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss, carried, n = train_step(model, params, optimizer, batcher.next_batch(), carried, cfg, device)
+                run.step += 1
+                tokens_seen += n * world
+                session_tokens += n * world
+                if progress is not None:
+                    rate = tokens_seen / max(1e-9, time.monotonic() - window_started)
+                    progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
+                    progress.update(1)
 
+                run.elapsed, interrupted = agree(time.monotonic() - started, signals.received is not None,
+                                                 world, device)
+                if interrupted:
+                    stop_reason = "interrupted"
+                elif cfg.max_time is not None and run.elapsed >= cfg.max_time:
+                    stop_reason = "max time"
+                elif cfg.steps is not None and run.step >= cfg.steps:
+                    stop_reason = "steps"
+                if stop_reason in (None, "max time", "steps") and (run.step % cfg.eval_every == 0 or stop_reason):
+                    stop = [False]
+                    if main_process:
+                        validate(loss, lr, tokens_seen / max(1e-9, time.monotonic() - window_started))
+                        if cfg.patience and run.evals_without_gain >= cfg.patience:
+                            stop = [True]
+                            say(f"early stop: no better validation loss in {cfg.patience} evaluations")
+                    if world > 1:
+                        torch.distributed.broadcast_object_list(stop, src=0)
+                    tokens_seen, window_started = 0, time.monotonic()
+                    if stop[0]:
+                        stop_reason = "early stop"
+                if run.step % cfg.save_every == 0 or stop_reason:
+                    save_state()
+    finally:
         if progress is not None:
-            rate = tokens_seen / max(1e-9, time.monotonic() - window_started)
-            progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:,.0f}", refresh=False)
-            progress.update(1)
-        out_of_time = cfg.max_time is not None and time.monotonic() - started >= cfg.max_time
-        if world > 1:  # all ranks must stop on the same step
-            flag = torch.tensor([float(out_of_time)], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
-        last_step = step >= cfg.steps or out_of_time
-        if step % cfg.eval_every == 0 or last_step:
-            elapsed = time.monotonic() - window_started
-            stop = [False]
-            if main_process:
-                metrics = evaluate(raw_model, corpus.val, cfg, device) if corpus.val else NO_VALIDATION
-                rate = tokens_seen / max(1e-9, elapsed)
-                csv_log.write(step=step, split="train", loss_nats=loss.item(), loss_bits=loss.item() / math.log(2),
-                              perplexity=math.exp(min(loss.item(), 50)), lr=lr, tokens_per_s=rate,
-                              elapsed_s=time.monotonic() - started)
-                if corpus.val:
-                    csv_log.write(step=step, split="val", loss_nats=metrics["loss_nats"],
-                                  loss_bits=metrics["loss_bits"], perplexity=metrics["perplexity"],
-                                  accuracy=metrics["accuracy"], lr=lr, elapsed_s=time.monotonic() - started)
-                measured = (f"val {metrics['loss_nats']:.4f} nats/token ({metrics['loss_bits']:.3f} bits), "
-                            f"accuracy {metrics['accuracy']:.3f}" if corpus.val else "no validation")
-                message = f"step {step}: train {loss.item():.4f}, {measured}, {rate:,.0f} tokens/s"
-                (progress.write if progress else log.info)(message)
-                if not corpus.val:  # --val-fraction 0: nothing to compare; RUN/best is the last checkpoint
-                    checkpoint.save(out / "best", raw_model, corpus.codec, meta(metrics))
-                elif metrics["loss_nats"] < best:
-                    best, evals_without_gain = metrics["loss_nats"], 0
-                    checkpoint.save(out / "best", raw_model, corpus.codec, meta(metrics))
-                else:
-                    evals_without_gain += 1
-                    if cfg.patience and evals_without_gain >= cfg.patience:
-                        stop = [True]
-                        (progress.write if progress else log.info)(
-                            f"early stop: no better validation loss in {cfg.patience} evaluations")
-            if world > 1:
-                torch.distributed.broadcast_object_list(stop, src=0)
-            tokens_seen, window_started = 0, time.monotonic()
-            if stop[0]:
-                stop_reason = "early stop"
-                last_step = True
-        if out_of_time:
-            stop_reason = "max time"
-        if step % cfg.save_every == 0 or last_step:
-            save_state()
-            if main_process:
-                checkpoint.save(out / "last", raw_model, corpus.codec, meta(metrics))
-        if last_step:
-            break
-    if progress is not None:
-        progress.close()
+            progress.close()  # whatever is printed next starts on its own line
+    wall = time.monotonic() - session_started
     if main_process:
-        log.info("stopped after step %d (%s); %s; models in %s/best and %s/last", step, stop_reason,
-                 f"best validation loss {best:.4f} nats/token" if corpus.val else "no validation", out, out)
+        if stop_reason == "interrupted":
+            print(f"ensemble train: interrupted at step {run.step}; saved, continue with: "
+                  f"ensemble train --resume {out}", file=sys.stderr, flush=True)
+        else:
+            for line in summary_lines(run, stop_reason, wall, session_tokens):
+                print(line, flush=True)
+            log.info("models in %s/best and %s/last", out, out)
     if world > 1:
         torch.distributed.destroy_process_group()
-    return {**metrics, "best": best, "step": step}
+    return {**metrics, "best": run.best, "best_step": run.best_step, "step": run.step, "stop_reason": stop_reason,
+            "signal": signals.received, "wall_s": wall, "tokens_per_s": session_tokens / max(wall, 1e-9)}
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -602,7 +849,8 @@ def add_parser(subparsers) -> None:
     d = TrainConfig.__dataclass_fields__
     p.add_argument("--data", help="a folder written by `ensemble prepare`, or a text file with --codec text")
     p.add_argument("--out", help="the run folder to create")
-    p.add_argument("--resume", metavar="RUN_DIR", help="resume the run in RUN_DIR exactly where it was saved")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="resume the run in RUN_DIR exactly where it was saved (after a crash, a kill or Ctrl-C)")
     p.add_argument("--codec", choices=["text"], help="train on a raw text file (character-level, like char-rnn)")
     g = p.add_argument_group("model")
     g.add_argument("--size", default="m", choices=list(SIZES),
@@ -610,19 +858,28 @@ def add_parser(subparsers) -> None:
     g.add_argument("--cell", default="lstm", choices=list(CELLS), help="recurrent cell")
     g.add_argument("--layers", type=int, help="stacked recurrent layers, 1-3 (overrides --size)")
     g.add_argument("--hidden", type=int, help="hidden units per layer (overrides --size)")
-    g.add_argument("--embedding", type=int, help="token embedding size (overrides --size)")
-    g.add_argument("--dropout", type=float, default=d["dropout"].default, help="dropout between layers and before the output")
+    g.add_argument("--embedding", type=int,
+                   help="token embedding size (default: the --size preset, or 2 sqrt(vocabulary) rounded up to 16 "
+                        "if that is larger, at most --hidden)")
+    g.add_argument("--dropout", type=float, default=SUPPRESS,
+                   help="dropout between layers and before the output (default: by training tokens per parameter: "
+                        "0.2 below 2, 0.1 below 20, else 0)")
     g.add_argument("--init-from", metavar="MODEL", help="start from a trained model folder (fine-tuning); same codec needed")
     g.add_argument("--freeze-rnn", action="store_true", help="with --init-from: train only the output layer")
     g = p.add_argument_group("optimisation")
     g.add_argument("--seq-len", type=int, default=d["seq_len"].default, help="tokens per window (BPTT length)")
     g.add_argument("--batch", type=int, default=d["batch"].default, help="parallel streams per step (per process)")
-    g.add_argument("--steps", type=int, default=d["steps"].default, help="optimiser steps in all")
-    g.add_argument("--max-time", type=float, help="stop cleanly after this many seconds (final validation and save)")
-    g.add_argument("--lr", type=float, default=d["lr"].default, help="peak learning rate (AdamW)")
-    g.add_argument("--min-lr", type=float, default=d["min_lr"].default, help="learning rate at the end of the cosine decay")
+    g.add_argument("--steps", type=int, default=SUPPRESS,
+                   help="optimiser steps in all (default: 2000, or as many as --max-time allows)")
+    g.add_argument("--max-time", type=float, help="seconds of training: the learning rate decays over them, then a "
+                                                  "clean stop (final validation and save)")
+    g.add_argument("--lr", type=float, default=SUPPRESS,
+                   help=f"peak learning rate (AdamW) (default: {LR_AT_256:g} x 256 / hidden)")
+    g.add_argument("--min-lr", type=float, default=SUPPRESS,
+                   help="learning rate at the end of the cosine decay (default: lr / 10)")
     g.add_argument("--warmup", type=int, default=d["warmup"].default, help="steps of linear learning-rate warm-up")
-    g.add_argument("--weight-decay", type=float, default=d["weight_decay"].default, help="AdamW weight decay")
+    g.add_argument("--weight-decay", type=float, default=SUPPRESS,
+                   help="AdamW weight decay (default: like --dropout, 0.1, 0.05 or 0)")
     g.add_argument("--clip", type=float, default=d["clip"].default, help="gradient-norm clipping threshold")
     g.add_argument("--transpose", type=int, default=0, help="music: transpose each piece by up to +-N semitones")
     g.add_argument("--stretch", type=float, default=0.0, help="music: stretch time by up to +-this fraction (0.05 = 5%%)")
@@ -630,11 +887,15 @@ def add_parser(subparsers) -> None:
     g.add_argument("--eval-every", type=int, default=d["eval_every"].default, help="steps between validations")
     g.add_argument("--eval-tokens", type=int, default=d["eval_tokens"].default, help="validation tokens per evaluation, at most")
     g.add_argument("--save-every", type=int, default=d["save_every"].default, help="steps between resumable saves")
-    g.add_argument("--patience", type=int, default=0, help="early stopping after N validations without improvement (0: off)")
+    g.add_argument("--patience", type=int, default=d["patience"].default,
+                   help="early stopping after N validations without improvement (0: off); best/ keeps the best")
     g.add_argument("--val-fraction", type=float, default=d["val_fraction"].default,
                    help="text files: share held out for validation (by piece; a text too short for two pieces "
                         "holds out its end). 0: no validation, RUN/best is the last checkpoint (also for a "
                         "prepared corpus without validation pieces)")
+    g.add_argument("--val-data", metavar="FILE_OR_CORPUS",
+                   help="validate on this prepared corpus (same codec) or text file instead of a held-out "
+                        "split of --data; all of --data then trains")
     g.add_argument("--seed", type=int, default=0, help="random seed (data order, initial weights, dropout)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
@@ -655,6 +916,7 @@ def run(args) -> int:
         if args.data or args.out:
             log.warning("--resume continues with the run's own settings (%s); --data/--out are ignored", saved)
         cfg.out = args.resume
+        cfg.progress = not args.no_progress
     else:
         if not args.data or not args.out:
             raise TrainError("--data and --out are needed (or --resume RUN_DIR)")
@@ -662,5 +924,7 @@ def run(args) -> int:
         values = {k: v for k, v in vars(args).items() if k in names and v is not None}
         cfg = TrainConfig(**values)
         cfg.progress = not args.no_progress
-    train(cfg, resume=bool(args.resume))
+    result = train(cfg, resume=bool(args.resume))
+    if result["stop_reason"] == "interrupted":
+        return 128 + int(result["signal"])  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     return 0

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import subprocess
-import sys
 import threading
 
 from pythonosc.osc_packet import OscPacket
 
 from ensemble.io.osc import build
+from ensemble.serverproc import start_server
 
 
 class OscPeer:
@@ -105,16 +104,6 @@ class ServerThread:
         self.thread.join(30)
 
 
-READY = re.compile(r"ready on udp ([\d.]+):(\d+)")
-
-
 def start_server_process(args: list[str]) -> tuple[subprocess.Popen, int]:
     """`ensemble serve ARGS` as a real process; returns it and its port once it says it is ready."""
-    proc = subprocess.Popen([sys.executable, "-m", "ensemble", "serve", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    match = READY.search(line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line}{proc.stderr.read()}")
-    return proc, int(match.group(2))
+    return start_server(args)

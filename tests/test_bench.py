@@ -1,13 +1,15 @@
 """The benchmarks run end to end (their numbers are reported, never asserted)."""
 
-from ensemble.bench_serve import bench_serve
-from ensemble.bench_train import bench_train
+from ensemble.bench.serve import bench_serve
+from ensemble.bench.train import bench_train
 from ensemble.cli import main
 
 
 def test_bench_serve_answers_every_event(notes_model):
-    result = bench_serve(str(notes_model), events=100, performers=2, rate=20.0, seconds=1.0)
-    solo, band = result["solo"], result["band"]
+    result = bench_serve(str(notes_model), events=100, performers=2, rate=20.0, seconds=1.0, startups=1)
+    solo, band, echo = result["solo"], result["band"], result["echo"]
+    assert echo["answered"] == 100 and 0 < echo["median_ms"] <= echo["p99_ms"]
+    assert len(result["startup_s"]) == 2 and all(0 < s < 30 for s in result["startup_s"])
     assert solo["events"] == 100 and solo["lost"] == 0 and solo["answered"] == 100
     assert band["events"] == 40 and band["answered"] + band["lost"] == 40
     assert band["unexpected"] == 0

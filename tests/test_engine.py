@@ -220,55 +220,7 @@ def test_engines_run_private_eval_copies():
 
 
 # ----------------------------------------------------------------------------- sampling
-
-SETTINGS = [
-    SamplingSettings(),
-    SamplingSettings(temperature=0.7),
-    SamplingSettings(temperature=1.3, top_k=5),
-    SamplingSettings(top_k=1),
-    SamplingSettings(greedy=True),
-    SamplingSettings(top_p=0.8),  # falls back to sample itself
-]
-
-
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"t{s.temperature}-k{s.top_k}-p{s.top_p}-g{s.greedy}")
-def test_sampler_draws_exactly_what_sample_draws(settings):
-    vocab = 60
-    gen = np.random.default_rng(11)
-    sampler = Sampler(vocab, max_batch=2)
-    mask = forbidden_mask(vocab, [0, 3, 59])
-    cases = [
-        gen.normal(size=vocab).astype(np.float32),
-        (gen.normal(size=(1, vocab)) * 40).astype(np.float32),  # underflowing probabilities
-        np.round(gen.normal(size=(5, vocab)), 1),                # ties, float64, grows the buffers
-        gen.normal(size=(3, vocab)).astype(np.float32),
-    ]
-    for logits in cases:
-        for m in (None, mask, np.broadcast_to(mask, logits.shape)):
-            ra, rb = np.random.default_rng(5), np.random.default_rng(5)
-            for _ in range(40):
-                want = sample(logits, settings, ra, m)
-                got = sampler(logits, settings, rb, m)
-                assert type(got) is type(want)
-                np.testing.assert_array_equal(got, want)
-                if isinstance(want, np.ndarray):
-                    assert got.dtype == want.dtype
-            assert ra.bit_generator.state == rb.bit_generator.state
-    with pytest.raises(ValueError):
-        sampler(cases[0], settings, np.random.default_rng(0), np.ones(vocab, dtype=bool))
-
-
-@pytest.mark.parametrize("shape", [(3660,), (1, 11264), (16, 3660)])
-def test_sampler_identical_on_large_vocabularies(shape):
-    vocab = shape[-1]
-    sampler = Sampler(vocab, max_batch=16)
-    gen = np.random.default_rng(len(shape))
-    for settings in (SamplingSettings(), SamplingSettings(temperature=0.8, top_k=40)):
-        ra, rb = np.random.default_rng(3), np.random.default_rng(3)
-        for _ in range(15):
-            logits = (gen.normal(size=shape) * gen.uniform(0.5, 8)).astype(np.float32)
-            np.testing.assert_array_equal(sampler(logits, settings, rb), sample(logits, settings, ra))
-        assert ra.bit_generator.state == rb.bit_generator.state
+# (the Sampler's own tests, exactness and distribution, are in test_sampling.py)
 
 
 def test_sampler_on_engine_logits_feeds_back():
@@ -299,10 +251,13 @@ def _numbers(text: str, engine: str, batch: int) -> list[float]:
 def test_bench_step_smoke(capsys):
     from ensemble.cli import main
 
-    rc = main(["bench", "step", "--iterations", "50", "--warmup", "5", "--batch", "1", "4",
+    rc = main(["bench", "step", "--iterations", "50", "--warmup", "5", "--batch", "1", "4", "--engine", "both",
                "--vocab", "50", "--hidden", "32", "--embedding", "8", "--cell", "gru"])
     out = capsys.readouterr().out
     assert rc == 0
+    assert "top-p 0.95: the server's defaults, as served" in out
+    assert re.search(r"weight-streaming floor \(numpy\): [\d.]+ MB of weights per step / [\d.]+ GB/s", out)
+    assert "4 slots cost" in out
     assert re.search(r"median", out) and re.search(r"p99", out)
     assert "gru 2 x 32" in out and "numpy BLAS" in out and "torch:" in out
     for engine in ("numpy", "torch"):
@@ -322,10 +277,117 @@ def test_bench_step_loads_a_model_folder(tmp_path, capsys):
     model = tiny_model("rnn", 1, vocab=codec.vocab_size, hidden=16)
     checkpoint.save(tmp_path / "m", model, codec)
     rc = main(["bench", "step", "--model", str(tmp_path / "m"), "--engine", "numpy", "--iterations", "50",
-               "--warmup", "0", "--batch", "2", "--threads", "0"])
+               "--warmup", "0", "--batch", "2", "--threads", "0", "--no-floor", "--top-p", "1.0",
+               "--mask-fraction", "0.3"])
     out = capsys.readouterr().out
     assert rc == 0 and f"vocab {codec.vocab_size}" in out and "rnn 1 x 16" in out
+    assert "the server's defaults are" in out and "floor" not in out and "tokens masked" in out
     assert len(_numbers(out, "numpy", 2)) == 6
     with pytest.raises(SystemExit):
         main(["bench", "step", "--engine", "onnx"])
     assert main(["bench", "step", "--model", str(tmp_path / "missing")]) == 1
+
+
+# ---------------------------------------------------------------- the live path, no torch
+
+
+def test_serve_imports_no_torch_and_answers(notes_model):
+    """`ensemble serve` (a real process) starts, answers a played note, and never imports
+    torch: `python -X importtime` lists every module the process imported."""
+    from ensemble.serverproc import start_server
+    from oscpeer import OscPeer
+
+    proc, port = start_server(["--port", "0", "--model", str(notes_model), "--mode", "duet", "--no-record",
+                               "--no-snapshot", "--seed", "0"], python_args=("-X", "importtime"))
+    try:
+        peer = OscPeer(port)
+        peer.send("/ensemble/hello", "p", "127.0.0.1", peer.port)
+        peer.send("/ensemble/note", "p", 60, 100)
+        before, status = peer.until_status()
+        assert status["engine"] == "numpy" and status["events_stepped"] == 1
+        assert any(args[0] == "p" for args in before)  # the answer to the note
+        peer.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    imported = [row.split("|")[-1].strip() for row in err.splitlines() if row.startswith("import time:")]
+    assert "ensemble.engine" in imported and "ensemble.server.conductor" in imported
+    assert not [m for m in imported if m == "torch" or m.startswith("torch.")], "serve imported torch"
+
+
+def test_load_live_gives_the_same_engine_without_torch(notes_model, tmp_path):
+    """checkpoint.load_live reads the weights with safetensors.numpy; the engine built from
+    them steps exactly like the one built from the torch model, and refuses what load refuses."""
+    import subprocess
+    import sys
+
+    from ensemble import checkpoint
+    from ensemble.model_types import ModelWeights
+
+    live = checkpoint.load_live(notes_model)
+    full = checkpoint.load(notes_model)
+    assert isinstance(live.model, ModelWeights) and live.model.config == full.model.config
+    assert live.codec.describe() == full.codec.describe() and live.meta == full.meta
+    a, b = make_engine(live.model, "numpy", slots=2), make_engine(full.model, "numpy", slots=2)
+    t = make_engine(live.model, "torch", slots=2)  # the torch engine, rebuilt from numpy weights
+    sa, sb, st = a.alloc_slot(), b.alloc_slot(), t.alloc_slot()
+    for token in [1, 5, 9, 2, 7]:
+        want = b.step([sb], [token])
+        np.testing.assert_array_equal(a.step([sa], [token]), want)
+        np.testing.assert_allclose(t.step([st], [token]), want, atol=TOL, rtol=0)
+    # in a fresh interpreter: loading and stepping import no torch
+    code = ("import sys; from ensemble import checkpoint; from ensemble.engine import make_engine, Sampler; "
+            "from ensemble.sampling import SamplingSettings; import numpy as np; "
+            f"c = checkpoint.load_live({str(notes_model)!r}); e = make_engine(c.model); s = e.alloc_slot(); "
+            "Sampler(e.vocab_size)(e.step([s], [1]), SamplingSettings(top_p=0.95), np.random.default_rng(0)); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    # broken folders: the same one-line errors as `load`
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((notes_model / "config.json").read_text())
+    data = (notes_model / "weights.safetensors").read_bytes()
+    (bad / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated"):
+        checkpoint.load_live(bad)
+    import json
+
+    config = json.loads((notes_model / "config.json").read_text())
+    assert config["model_type"] == "token-rnn"
+    config["model"]["hidden"] *= 2
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "weights.safetensors").write_bytes(data)
+    with pytest.raises(checkpoint.CheckpointError, match="shape"):
+        checkpoint.load_live(bad)
+    config["model_type"] = "transformer"
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(checkpoint.CheckpointError, match="model type 'transformer'"):
+        checkpoint.load_live(bad)
+
+
+def test_weight_shapes_match_the_torch_model():
+    from ensemble.model_types import weight_shapes
+
+    for cell in ("rnn", "gru", "lstm"):
+        for layers in (1, 2, 3):
+            model = tiny_model(cell, layers)
+            assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == weight_shapes(model.config)
+
+
+@pytest.mark.parametrize("name", ["folk-notes", "folk-abc"])
+def test_shipped_models_live_engine_matches_torch(name):
+    """The shipped models as the server loads them (numpy weights) against their torch model."""
+    from pathlib import Path
+
+    from ensemble import checkpoint
+
+    folder = Path(__file__).resolve().parents[1] / "models" / name
+    live, full = checkpoint.load_live(folder), checkpoint.load(folder)
+    vocab = full.model.config.vocab_size
+    schedule = random_schedule(5, 6, vocab, seed=1)
+    expected, _ = reference_run(full.model, 5, schedule)
+    eng = make_engine(live.model, "numpy", slots=5)
+    for _ in range(5):
+        eng.alloc_slot()
+    worst = max(float(np.abs(eng.step(g, t) - want).max()) for (g, t), want in zip(schedule, expected))
+    assert worst < 2e-5, worst  # float32 rounding on logits of up to ~20 in magnitude

@@ -432,7 +432,8 @@ def test_restart_after_a_crash_ends_notes_numbers_above_and_counts_the_pause(not
 
 
 _args = st.lists(st.one_of(st.integers(-2**31, 2**31 - 1), st.floats(allow_nan=True, width=32),
-                           st.text(max_size=80), st.binary(min_size=1, max_size=40)), max_size=6)
+                           st.text(st.characters(blacklist_categories=("Cs",)), max_size=80),
+                           st.binary(min_size=1, max_size=40)), max_size=6)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -448,7 +449,10 @@ def test_any_message_gets_an_answer_or_nothing_never_an_exception(notes_model, t
     builder = OscMessageBuilder(address)
     for a in args:
         builder.add_arg(a, "b" if isinstance(a, bytes) else None)
-    data = builder.build().dgram
+    try:
+        data = builder.build().dgram
+    except Exception:  # no OSC form (a NUL inside a string, a float beyond float32): nothing to send
+        return
     loop, conductor, osc = _wide(notes_model, tmp_path)
     try:
         osc.datagram(build("/ensemble/hello", ["ann", "192.0.2.7", 9000]), ("192.0.2.7", 5000))

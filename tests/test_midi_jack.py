@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from ensemble.bench_midi import JackServer, Player, osc_status, start_server, stop_server
+from ensemble.bench.midi import JackServer, Player, osc_status, start_server, stop_server
 from oscpeer import OscPeer
 
 PERIOD = 1024  # frames at 48 kHz: 21 ms; large periods are what the dummy driver keeps up with

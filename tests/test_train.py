@@ -14,10 +14,13 @@ from safetensors.torch import load_file
 
 from conftest import ENSEMBLE, PERIOD
 from ensemble import checkpoint
-from ensemble.data import Piece, load_prepared, write_prepared
+from ensemble.codecs.text import TextCodec
+from ensemble.data import Corpus, Piece, load_prepared, text_pieces, write_prepared
+from ensemble.errors import UserError
 from ensemble.generate import generate
 from ensemble.sampling import SamplingSettings
-from ensemble.train import StreamBatcher, TrainConfig, TrainError, unigram_entropy, train
+from ensemble.train import (StopSignals, StreamBatcher, TrainConfig, TrainError, choose_defaults, count_parameters,
+                            learning_rate, unigram_entropy, train)
 
 
 def test_periodic_text_is_learned(text_run):
@@ -183,12 +186,169 @@ def test_fine_tuning_with_frozen_recurrent_layers(tmp_path, text_run, periodic_t
     assert not torch.equal(tuned["head.weight"], before["head.weight"])  # the output layer learned
 
 
-def test_early_stopping_when_validation_stops_improving(tmp_path, periodic_text):
+def test_early_stopping_when_validation_stops_improving(tmp_path, periodic_text, capsys):
     # a learning rate of ~0 cannot improve on the first validation: patience 2 stops at step 30
     result = train(TrainConfig(data=str(periodic_text), out=str(tmp_path / "run"), codec="text", size="xs",
                                steps=1000, seq_len=16, batch=4, eval_every=10, lr=1e-12, min_lr=1e-12,
                                patience=2, progress=False))
-    assert result["step"] == 30
+    assert result["step"] == 30 and result["best_step"] == 10 and result["stop_reason"] == "early stop"
+    summary = capsys.readouterr().out.splitlines()
+    assert summary[0].startswith(f"best validation loss {result['best']:.4f} nats/token")
+    assert "at step 10; stopped at step 30 (early stop)" in summary[0]
+    assert summary[1].startswith("wall time ") and "training tokens/s" in summary[1]
+    assert summary[2].startswith("not improving")
+    assert checkpoint.load(tmp_path / "run" / "best").meta["validation"]["step"] == 10  # the best is kept
+
+
+def test_learning_rate_decays_to_its_minimum_exactly_at_the_time_budget():
+    cfg = TrainConfig(data="", out="", steps=None, max_time=100.0, lr=1e-2, min_lr=1e-3, warmup=10)
+    assert learning_rate(0, 0.0, cfg) == pytest.approx(1e-3)  # warm-up: 1/10 of the peak
+    assert learning_rate(10, 0.0, cfg) == pytest.approx(1e-2)
+    assert learning_rate(10_000, 50.0, cfg) == pytest.approx(5.5e-3)  # halfway in time, whatever the step
+    assert learning_rate(10_000, 100.0, cfg) == pytest.approx(1e-3)
+    assert learning_rate(10_000, 150.0, cfg) == pytest.approx(1e-3)
+    both = TrainConfig(data="", out="", steps=110, max_time=100.0, lr=1e-2, min_lr=1e-3, warmup=10)
+    assert learning_rate(60, 10.0, both) == pytest.approx(5.5e-3)  # the steps run out first
+    assert learning_rate(20, 50.0, both) == pytest.approx(5.5e-3)  # the time runs out first
+
+
+def test_a_time_budget_without_steps_runs_the_whole_schedule(tmp_path, periodic_text, capsys):
+    result = train(TrainConfig(data=str(periodic_text), out=str(tmp_path / "run"), codec="text", size="xs",
+                               max_time=2.0, seq_len=16, batch=4, eval_every=1_000_000, progress=False))
+    assert result["stop_reason"] == "max time" and result["step"] > 50
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["steps"] is None and run["lr"] == 2e-2 and run["min_lr"] == pytest.approx(2e-3)
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    last_lr = float(rows[-1].split(",")[6])
+    assert last_lr < 2e-3 + 0.05 * (2e-2 - 2e-3), rows[-1]  # decayed to (nearly) the minimum at the budget
+    assert "still improving" in capsys.readouterr().out
+
+
+def test_defaults_follow_model_and_corpus_size():
+    codec = TextCodec("abcdefgh")
+    small = Corpus(codec, [Piece("a", np.zeros(1000, np.int64))], [Piece("b", np.zeros(10, np.int64))])
+    cfg = TrainConfig(data="", out="", size="s")
+    chosen = choose_defaults(cfg, small, None)
+    assert cfg.lr == pytest.approx(1e-2) and cfg.min_lr == pytest.approx(1e-3)  # 5e-3 * 256 / 128
+    assert (cfg.dropout, cfg.weight_decay, cfg.steps) == (0.2, 0.1, 2000)
+    assert any("dropout" in c for c in chosen)
+    n = count_parameters(codec.vocab_size, "lstm", 2, 128, 48)
+    from ensemble.model import TokenRNN
+    assert n == sum(p.numel() for p in TokenRNN(codec.vocab_size, "lstm", 2, 128, 48).parameters())
+    big = Corpus(codec, [Piece("a", np.zeros(50 * n, np.int64))], small.val)
+    cfg = TrainConfig(data="", out="", size="s", max_time=60.0)
+    choose_defaults(cfg, big, None)
+    assert (cfg.dropout, cfg.weight_decay, cfg.steps) == (0.0, 0.0, None)
+    mine = TrainConfig(data="", out="", size="m", lr=1e-3, dropout=0.3, weight_decay=0.0)
+    assert choose_defaults(mine, small, None) == []
+    assert (mine.lr, mine.min_lr, mine.dropout, mine.weight_decay) == (1e-3, 1e-4, 0.3, 0.0)
+    assert mine.embedding is None  # 9 tokens: the preset's 64 stays
+
+
+def test_a_large_vocabulary_gets_a_wider_embedding():
+    notes = Corpus(TextCodec([chr(0x100 + i) for i in range(3659)]), [Piece("a", np.zeros(10, np.int64))] * 2,
+                   [Piece("b", np.zeros(10, np.int64))])
+    assert notes.codec.vocab_size == 3660  # as many as the notes codec's tokens
+    cfg = TrainConfig(data="", out="", size="s")
+    assert any("embedding 128" in c for c in choose_defaults(cfg, notes, None))
+    assert cfg.model_shape() == (2, 128, 128)  # 2 sqrt(3660) = 121, rounded up to 16; at most hidden
+    cfg = TrainConfig(data="", out="", size="xs")
+    choose_defaults(cfg, notes, None)
+    assert cfg.model_shape() == (1, 64, 64)
+    cfg = TrainConfig(data="", out="", size="s", embedding=32)
+    choose_defaults(cfg, notes, None)
+    assert cfg.model_shape() == (2, 128, 32)  # what the user says wins
+
+
+def test_val_data_validates_on_another_corpus(tmp_path):
+    corpus = _tiny_prepared(tmp_path)
+    whole = load_prepared(corpus)
+    held_text = "".join(f"{w} {w[::-1]} {len(w)}\n" for w in ["edc", "ba", "ponml"] * 20)
+    write_prepared(tmp_path / "held", whole.codec, [Piece("held", np.array(whole.codec.encode(held_text)))],
+                   val_fraction=0.0)
+    out = tmp_path / "run"
+    result = train(TrainConfig(data=str(corpus), out=str(out), val_data=str(tmp_path / "held"), size="xs",
+                               steps=20, seq_len=16, batch=4, eval_every=20, progress=False))
+    assert result["tokens"] == len(held_text) - 1  # every target of the held-out corpus, nothing else
+    data = checkpoint.load(out / "best").meta["data"]
+    assert data["val_data"] == str(tmp_path / "held")
+    assert data["train_tokens"] == whole.train_tokens + whole.val_tokens  # all of --data trains
+
+    other = tmp_path / "other"
+    write_prepared(other, TextCodec("xyz"), [Piece("x", np.array([1, 2, 3, 1, 2]))] * 2, val_fraction=0.5)
+    with pytest.raises(TrainError, match="vocabularies must match"):
+        train(TrainConfig(data=str(corpus), out=str(tmp_path / "r2"), val_data=str(other), progress=False))
+    with pytest.raises(UserError, match="no such file or folder: .*helt"):
+        train(TrainConfig(data=str(corpus), out=str(tmp_path / "r2"), val_data=str(tmp_path / "helt"),
+                          progress=False))
+    assert not (tmp_path / "r2").exists()
+
+
+def test_val_data_text_file_joins_the_vocabulary(tmp_path, periodic_text):
+    held = tmp_path / "held.txt"
+    held.write_text("the lazy dog jumps over the quick brown fox!\n" * 20)  # "!" is not in the training text
+    out = tmp_path / "run"
+    result = train(TrainConfig(data=str(periodic_text), codec="text", out=str(out), val_data=str(held), size="xs",
+                               steps=10, seq_len=16, batch=4, eval_every=10, progress=False))
+    codec = checkpoint.load(out / "best").codec
+    assert result["tokens"] == sum(len(p.tokens) - 1 for p in text_pieces(held.read_text(), codec))
+    assert "!" in codec.chars and not codec.unknown_in(held.read_text())
+
+
+def _until(stream, text):
+    """Read lines until one contains `text`; everything read, for the assertion message."""
+    seen = []
+    for line in stream:
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"never saw {text!r}:\n{''.join(seen)}")
+
+
+def test_ctrl_c_saves_says_how_to_resume_and_resume_matches_uninterrupted_run(tmp_path):
+    corpus = _tiny_prepared(tmp_path)
+    common = ["train", "--data", str(corpus), "--size", "xs", "--steps", "300", "--seq-len", "16", "--batch", "4",
+              "--eval-every", "100", "--save-every", "20"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(ENSEMBLE + common + ["--no-progress", "--out", str(straight)], check=True, env=env,
+                   capture_output=True)
+
+    stopped = tmp_path / "stopped"  # with the progress bar on: the message must not be glued to it
+    proc = subprocess.Popen(ENSEMBLE + ["--log-level", "debug"] + common + ["--out", str(stopped)],
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    _until(proc.stderr, "saved resumable state at step 20")  # the loop is running: press Ctrl-C
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait() == 130, rest
+    step = torch.load(stopped / "train_state.pt", weights_only=True)["step"]
+    assert 20 < step < 300
+    hint = f"ensemble train: interrupted at step {step}; saved, continue with: ensemble train --resume {stopped}\n"
+    assert "\n" + hint in rest, rest  # on a line of its own
+    assert "Traceback" not in rest
+
+    resumed = subprocess.run(ENSEMBLE + ["train", "--resume", str(stopped), "--no-progress"], check=True, env=env,
+                             capture_output=True, text=True)
+    assert "stopped at step 300 (steps)" in resumed.stdout
+    a, b = _weights(straight / "last"), _weights(stopped / "last")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    log_a = (straight / "log.csv").read_text().splitlines()
+    log_b = (stopped / "log.csv").read_text().splitlines()
+    assert [r.split(",")[:4] for r in log_a] == [r.split(",")[:4] for r in log_b]
+
+    again = subprocess.run(ENSEMBLE + ["train", "--resume", str(stopped)], env=env, capture_output=True, text=True)
+    assert again.returncode == 1 and again.stderr.strip().endswith("the run is finished (300 of 300 steps)")
+
+
+def test_sigterm_is_taken_like_ctrl_c_and_a_second_signal_stops_at_once():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.received == signal.SIGTERM  # noted; the loop saves and stops after its step
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_model_card_records_the_real_shape_and_no_machine_paths(tmp_path, text_run, periodic_text):

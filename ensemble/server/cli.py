@@ -19,8 +19,6 @@ log = logging.getLogger("ensemble.server")
 
 async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set). `ready(info)` is called once listening."""
-    import torch
-
     from ensemble.io.osc import OscServer
     from ensemble.server.conductor import Conductor
     from ensemble.server.recorder import Recorder
@@ -29,10 +27,13 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
 
     # one thread each: a live step is far too small to split, and idle BLAS threads
     # spinning on the other core would steal it from the OS, the network and the peers
-    torch.set_num_threads(1)
+    if cfg.engine == "torch":  # the reference engine; the live path never imports torch
+        import torch
+
+        torch.set_num_threads(1)
     set_blas_threads(1)
     loop = asyncio.get_running_loop()
-    ckpt = checkpoint.load(cfg.model)
+    ckpt = checkpoint.load_live(cfg.model)  # numpy weights: no torch
     m = ckpt.model.config
     recorder = None
     if cfg.record:
@@ -55,6 +56,18 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
         except UserError:
             osc.close()
             raise
+    web = None
+    if cfg.web is not None:
+        from ensemble.io.web import WebServer
+
+        web = WebServer(conductor, cfg)
+        try:
+            web_host, web_port = await web.start()
+        except OSError as exc:
+            osc.close()
+            if midi is not None:
+                midi.close()
+            raise UserError(f"cannot listen on tcp {cfg.web}: {exc.strerror or exc}") from None
     kept = restore_or_keep(conductor, cfg)
     if recorder is not None:
         recorder.open()
@@ -72,15 +85,17 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
     gc.collect()
     gc.freeze()
     info = {"host": host, "port": port, "model": ckpt.name, "codec": ckpt.codec.name,
-            "recording": str(conductor.recorder.path) if conductor.recorder else None}
+            "recording": str(recorder.path) if recorder else None,
+            "web": f"http://{web_host}:{web_port}/" if web is not None else None}
     print(f"ensemble: ready on udp {host}:{port}, model {ckpt.name} ({ckpt.codec.name} codec, "
           f"{ckpt.codec.vocab_size} tokens, {m.layers}x{m.hidden} {m.cell}, {conductor.engine.kind} engine), "
           f"replies to port {cfg.reply_port}"
-          + (f", recording to {conductor.recorder.path}" if conductor.recorder else ", not recording")
+          + (f", recording to {recorder.path}" if recorder else ", not recording")
+          + (f", browsers on {info['web']}" if web is not None else "")
           + (f", previous snapshot kept as {kept}" if kept else ""),
           flush=True)
     if ready is not None:
-        ready({**info, "conductor": conductor, "osc": osc, "midi": midi})
+        ready({**info, "conductor": conductor, "osc": osc, "midi": midi, "web_server": web})
     try:
         await stop.wait()
     finally:
@@ -92,6 +107,8 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
         if conductor.recorder:
             conductor.recorder.close()
         osc.close()
+        if web is not None:
+            await web.close()
     return 0
 
 
@@ -195,6 +212,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threshold", type=float, help=f"respond mode: seconds of silence before answering (default {d.threshold})")
     p.add_argument("--engine", choices=["numpy", "torch"], help=f"inference engine (default {d.engine})")
     p.add_argument("--seed", type=int, help="fixed seed: each performer's predictions become reproducible")
+    p.add_argument("--web", metavar="[HOST:]PORT",
+                   help="serve the browser page and its WebSocket here (host default 127.0.0.1; wider needs --allow)")
     p.add_argument("--midi-in", action="append", metavar="NAME", help="MIDI input port (substring match, repeatable)")
     p.add_argument("--midi-out", action="append", metavar="NAME", help="MIDI output port (substring match, repeatable)")
     p.add_argument("--midi-virtual", action="store_true", help="open virtual ports 'ensemble in' / 'ensemble out'")

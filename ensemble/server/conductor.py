@@ -25,6 +25,7 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -91,6 +92,9 @@ class Conductor:
         self._flush_soon = False
         self.held = HeldNotes(self.loop, self.send)
         self.recorder = recorder
+        # callables (direction, performer, kind, values, source, seq) that see every event in
+        # and out as it is recorded: a browser page watching the band, say
+        self.watchers: list[Callable] = []
         self.transports: list[Transport] = []  # OSC, MIDI, ...: attached by whoever starts them
         self.band = None
         if self.adapter.kind == "gesture":  # the whole band in one token: stepped on a clock
@@ -269,6 +273,14 @@ class Conductor:
         """Bad messages, counted by the transports that refused them."""
         return sum(getattr(t, "errors", 0) for t in self.transports)
 
+    def record(self, direction: str, performer: str, kind: str, values, source: str = "", seq=None,
+               token: int | None = None) -> None:
+        """One event in or out: into the session log, and to whoever watches."""
+        if self.recorder is not None:
+            self.recorder.record(direction, performer, kind, values, source, seq, token=token)
+        for watch in self.watchers:
+            watch(direction, performer, kind, values, source, seq)
+
     def attach(self, transport: Transport) -> None:
         """A transport that hands this conductor events (its status shows under its name)."""
         self.transports.append(transport)
@@ -289,8 +301,7 @@ class Conductor:
             g = self.band.gesture(p.id, values)
             p.events_in += 1
             p.last_heard = self.loop.time()
-            if self.recorder:
-                self.recorder.record("in", p.id, kind, (g,), source)
+            self.record("in", p.id, kind, (g,), source)
             return
         values = self.adapter.check(values)
         now = self.loop.time()
@@ -300,8 +311,7 @@ class Conductor:
         p.last_heard = now
         p.events_in += 1
         self.revision += 1
-        if self.recorder:
-            self.recorder.record("in", p.id, kind, values, source, token=token)
+        self.record("in", p.id, kind, values, source, token=token)
         if p.mode == "respond":
             self._silence(p)  # the performer plays again: the machine stops
         elif p.mode == "auto" and p.next_event is not None:
@@ -431,8 +441,7 @@ class Conductor:
         p.seq += 1
         p.events_out += 1
         p.output.send(p.id, kind, values, p.seq)
-        if self.recorder:
-            self.recorder.record("out", p.id, kind, values, p.output.name, p.seq)
+        self.record("out", p.id, kind, values, p.output.name, p.seq)
 
     # ------------------------------------------------------------------ control messages
 
@@ -484,8 +493,7 @@ class Conductor:
             kind, values = "panic", []
         else:
             raise ControlError(f"unknown event {type(event).__name__}")
-        if self.recorder:
-            self.recorder.record("in", getattr(event, "performer", None) or "*", kind, values, origin.source)
+        self.record("in", getattr(event, "performer", None) or "*", kind, values, origin.source)
         return None
 
     # ------------------------------------------------------------------ snapshots

@@ -60,6 +60,9 @@ class ServerConfig:
     seed: int | None = None              # fixed seed: predictions reproducible per performer
     midi: dict = setting(default_factory=dict)  # [midi] table, read by the MIDI layer
     style: dict = setting(default_factory=dict)  # [style] table: every performer's style settings at hello
+    web: str | None = None               # "[HOST:]PORT": the browser page and its WebSocket (host: loopback)
+    web_rate: float = setting(200.0, low=0, low_open=True)  # WebSocket messages/s per browser connection
+    web_connections: int = setting(32, low=1, high=1024)    # browser connections at once
 
     def validate(self, where: str = "") -> None:
         """Every value type- and range-checked before anything starts (one line naming the key)."""
@@ -76,6 +79,19 @@ class ServerConfig:
             StyleSettings.from_dict(self.style)
         except ValueError as exc:
             raise UserError(f"{where + ': ' if where else ''}style: {exc}") from None
+        if self.web is not None:
+            self.web_address  # noqa: B018  (raises UserError naming the key)
+
+    @property
+    def web_address(self) -> tuple[str, int] | None:
+        """`web = "[HOST:]PORT"` as (host, port); the host defaults to loopback, like OSC's."""
+        if self.web is None:
+            return None
+        host, _, port = str(self.web).rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise UserError(f"web: {self.web!r} is not [HOST:]PORT (e.g. 8080 or 0.0.0.0:8080)")
+        return host, int(port)
 
     def networks(self):
         return [ipaddress.ip_network(n, strict=False) for n in self.allow]

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -25,6 +23,7 @@ import numpy as np
 from pythonosc.osc_packet import OscPacket
 
 from ensemble.io.osc import build
+from ensemble.serverproc import start_server, stop_server
 
 SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
 
@@ -129,26 +128,16 @@ async def _run(port: int, packets: int, rate: float, good_rate: float) -> dict:
 def bench_fuzz(model: str | None, packets: int, rate: float, good_rate: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         log_path = os.path.join(folder, "server.log")
-        cmd = [sys.executable, "-m", "ensemble", "serve", "--port", "0", "--mode", "duet", "--no-snapshot",
-               "--no-record", "--seed", "0"] + (["--model", model] if model else [])
+        args = ["--port", "0", "--mode", "duet", "--no-snapshot", "--no-record", "--seed", "0"]
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+            proc, port = start_server(args + (["--model", model] if model else []), stderr=log)
             try:
-                line = proc.stdout.readline()
-                if "ready on udp" not in line:
-                    raise RuntimeError(f"the server did not start: {line.strip()}")
-                port = int(line.split("ready on udp ")[1].split(",")[0].rsplit(":", 1)[1])
                 rss_before = rss_kb(proc.pid)
                 result = asyncio.run(_run(port, packets, rate, good_rate))
                 result["rss_before_kb"], result["rss_after_kb"] = rss_before, rss_kb(proc.pid)
                 result["alive"] = proc.poll() is None
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    result["alive"] = False
+                stop_server(proc)
         with open(log_path) as f:
             result["log_lines"] = sum(1 for _ in f)
     return result

@@ -7,8 +7,12 @@ answer (a note-on its predicted note, a note-off the end of that note), so the k
 answer to a performer (sequence number k) belongs to their k-th event and an event with
 no answer is counted as lost.
 
-Two runs:
-1. one performer, closed loop: send, wait for the answer, send the next;
+Runs:
+0. start-up: process start to the "ready" line, over several cold starts;
+1. one performer, closed loop: send, wait for the answer, send the next; beside it the
+   same client against a bare asyncio UDP echo process (no model, no OSC parsing on the
+   far side), before and after, in the same run: the floor a Python server on this
+   loopback cannot beat; the ratio says how far above it the server is;
 2. N performers (16) each sending R events/s (50) for D seconds (10), open loop, on a
    fixed schedule whatever the server does: the load the issue names.
 """
@@ -16,7 +20,7 @@ Two runs:
 from __future__ import annotations
 
 import asyncio
-import re
+import os
 import socket
 import subprocess
 import sys
@@ -27,21 +31,71 @@ import numpy as np
 from pythonosc.osc_packet import OscPacket
 
 from ensemble.io.osc import build
+from ensemble.serverproc import start_server as start
 
-READY = re.compile(r"ready on udp ([\d.]+):(\d+)")
 SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
 
 
-def start_server(model: str | None, record: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
-    cmd = [sys.executable, "-m", "ensemble", "serve", "--port", "0", "--mode", "duet", "--no-snapshot",
-           "--record", record, "--seed", "0"] + (["--model", model] if model else []) + extra
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline()
-    match = READY.search(line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"the server did not start: {line.strip()}")
-    return proc, int(match.group(2))
+def start_server(model: str | None, record: str, extra: list[str]) -> tuple[subprocess.Popen, int, float]:
+    """The server process, its port, and the seconds from its start to its ready line."""
+    args = ["--port", "0", "--mode", "duet", "--no-snapshot", "--record", record, "--seed", "0"]
+    t0 = time.perf_counter()
+    proc, port = start(args + (["--model", model] if model else []) + extra, stderr=subprocess.DEVNULL)
+    return proc, port, time.perf_counter() - t0
+
+
+ECHO = """
+import asyncio, sys
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    print(transport.get_extra_info("sockname")[1], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def start_echo() -> tuple[subprocess.Popen, int]:
+    """A bare asyncio UDP echo server in its own process (the same Python, no ensemble)."""
+    proc = subprocess.Popen([sys.executable, "-c", ECHO], stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline())
+
+
+def echo_loop(port: int, events: int, warmup: int = 50) -> dict:
+    """The closed loop's client work (build, send, receive, parse) against the echo."""
+    peer = Peer(port)
+    latencies, lost = [], 0
+    for k in range(events + warmup):
+        sent = time.perf_counter()
+        peer.send("/ensemble/note", event_args("solo", k))
+        try:
+            peer.recv(1.0)
+        except socket.timeout:
+            lost += 1
+            continue
+        if k >= warmup:
+            latencies.append(time.perf_counter() - sent)
+    return summarize(latencies, events, lost)
+
+
+def startup_times(model: str | None, engine: str | None, n: int) -> list[float]:
+    """Seconds from process start to the ready line, n cold starts (each server stopped)."""
+    times = []
+    with tempfile.TemporaryDirectory() as record:
+        for _ in range(n):
+            proc, _, ready_s = start_server(model, record, ["--engine", engine] if engine else [])
+            proc.terminate()
+            proc.wait(20)
+            times.append(ready_s)
+    return times
 
 
 def event_args(performer: str, k: int) -> list:
@@ -149,22 +203,37 @@ async def _open_loop(port: int, performers: int, rate: float, seconds: float) ->
 def summarize(latencies, events: int, lost: int) -> dict:
     ms = np.array(latencies) * 1000
     if not len(ms):
-        return {"events": events, "lost": lost}
-    return {"events": events, "answered": len(ms), "lost": lost, "median_ms": float(np.median(ms)),
+        return {"events": events, "lost": lost, "_ms": []}
+    return {"events": events, "answered": len(ms), "lost": lost, "_ms": ms.tolist(),  # popped by bench_serve
+            "median_ms": float(np.median(ms)),
             "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "mean_ms": float(ms.mean())}
 
 
 def bench_serve(model: str | None, events: int = 2000, performers: int = 16, rate: float = 50.0,
-                seconds: float = 10.0, engine: str | None = None) -> dict:
-    with tempfile.TemporaryDirectory() as record:
-        proc, port = start_server(model, record, ["--engine", engine] if engine else [])
-        try:
-            solo = closed_loop(port, events)
-            band = asyncio.run(_open_loop(port, performers, rate, seconds))
-        finally:
-            proc.terminate()
-            proc.wait(20)
-    return {"solo": solo, "band": band}
+                seconds: float = 10.0, engine: str | None = None, startups: int = 0) -> dict:
+    result = {"startup_s": startup_times(model, engine, startups) if startups else []}
+    echo, echo_port = start_echo()
+    try:
+        with tempfile.TemporaryDirectory() as record:
+            proc, port, ready_s = start_server(model, record, ["--engine", engine] if engine else [])
+            result["startup_s"].append(ready_s)
+            try:
+                before = echo_loop(echo_port, events // 2)
+                solo = closed_loop(port, events)
+                after = echo_loop(echo_port, events - events // 2)
+                band = asyncio.run(_open_loop(port, performers, rate, seconds))
+            finally:
+                proc.terminate()
+                proc.wait(20)
+    finally:
+        echo.terminate()
+        echo.wait(20)
+    merged = np.array(before.pop("_ms") + after.pop("_ms"))
+    echo_result = summarize(merged / 1000, events, before["lost"] + after["lost"])
+    for r in (solo, band, echo_result):
+        r.pop("_ms")
+    result.update(solo=solo, band=band, echo=echo_result)
+    return result
 
 
 def add_arguments(p) -> None:
@@ -174,15 +243,27 @@ def add_arguments(p) -> None:
     p.add_argument("--rate", type=float, default=50.0, help="events per second per performer in the load run")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the load run")
     p.add_argument("--engine", choices=["numpy", "torch"], help="the server's inference engine")
+    p.add_argument("--startups", type=int, default=5, help="extra cold starts timed to the ready line (default 5)")
 
 
 def run(args) -> int:
-    result = bench_serve(args.model, args.events, args.performers, args.rate, args.seconds, args.engine)
+    result = bench_serve(args.model, args.events, args.performers, args.rate, args.seconds, args.engine,
+                         args.startups)
+    starts = np.array(result["startup_s"]) * 1000
+    print(f"start-up, process start to the ready line: median {np.median(starts):.0f} ms "
+          f"(range {starts.min():.0f}-{starts.max():.0f} ms, {len(starts)} starts)")
     print("OSC round trip on loopback (event sent -> prediction received), server in duet mode")
     print(f"{'run':<34} {'events':>7} {'lost':>5} {'median ms':>10} {'p99 ms':>8} {'max ms':>8}")
-    rows = [("1 performer, closed loop", result["solo"]),
+    rows = [("bare asyncio UDP echo, closed loop", result["echo"]),
+            ("1 performer, closed loop", result["solo"]),
             (f"{args.performers} performers x {args.rate:g}/s x {args.seconds:g} s", result["band"])]
     for label, r in rows:
         print(f"{label:<34} {r['events']:>7} {r['lost']:>5} {r.get('median_ms', float('nan')):>10.3f} "
               f"{r.get('p99_ms', float('nan')):>8.3f} {r.get('max_ms', float('nan')):>8.3f}")
+    if "median_ms" in result["echo"] and "median_ms" in result["solo"]:
+        print(f"1 performer / echo: {result['solo']['median_ms'] / result['echo']['median_ms']:.2f}x (medians; "
+              f"the echo ran before and after the performer, same client code)")
+    if os.path.exists("/proc/loadavg"):
+        with open("/proc/loadavg") as f:
+            print(f"load average: {' '.join(f.read().split()[:3])} (other processes share these CPUs)")
     return 0

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-READY = re.compile(r"ready on udp ([\d.]+):(\d+)")
+from ensemble import serverproc
+
 
 
 class JackError(RuntimeError):
@@ -246,29 +246,21 @@ def summary(name: str, result: dict) -> dict:
 
 def start_server(model: str, player: Player, env: dict, extra: list[str] = ()) -> tuple[subprocess.Popen, int, list]:
     """`ensemble serve` in duet mode on JACK MIDI; returns the process, its OSC port and its log lines."""
-    args = [sys.executable, "-m", "ensemble", "serve", "--model", str(model), "--port", "0", "--no-record",
-            "--no-snapshot", "--mode", "duet", "--midi-api", "jack", "--midi-in", f"{player.out_client}:out",
-            "--midi-out", f"{player.in_client}:in", *extra]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    line = proc.stdout.readline()
-    match = READY.search(line)
-    if not match:
-        proc.kill()
-        raise JackError(f"the server did not start: {line}{proc.stderr.read()}")
+    args = ["--model", str(model), "--port", "0", "--no-record", "--no-snapshot", "--mode", "duet",
+            "--midi-api", "jack", "--midi-in", f"{player.out_client}:out", "--midi-out", f"{player.in_client}:in", *extra]
+    try:
+        proc, port = serverproc.start_server(args, env=env)
+    except serverproc.ServerStartError as exc:
+        raise JackError(str(exc)) from None
     log: list[str] = []
     proc.log_reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
     proc.log_reader.start()
-    return proc, int(match.group(2)), log
+    return proc, port, log
 
 
 def stop_server(proc: subprocess.Popen) -> int:
     """SIGTERM, wait, and let the log reader take the last lines; returns the exit code."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        code = proc.wait()
+    code = serverproc.stop_server(proc)
     reader = getattr(proc, "log_reader", None)
     if reader is not None:
         reader.join(5)
