@@ -28,7 +28,7 @@ COMMAND_MODULES = [
 ]
 # the command each module registers: `ensemble serve ...` imports only the server's
 # module (train and generate import torch, most of a second that serve never needs)
-COMMANDS = dict(zip(["serve", "train", "generate", "prepare", "bench", "plot", "ports"], COMMAND_MODULES))
+COMMANDS = dict(zip(["serve", "train", "generate", "prepare", "bench", "plot", "eval", "ports"], COMMAND_MODULES))
 
 
 def _command(argv: list[str]) -> str | None:
