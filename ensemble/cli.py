@@ -23,11 +23,12 @@ COMMAND_MODULES = [
     "ensemble.prepare",       # prepare
     "ensemble.bench",         # bench
     "ensemble.plot",          # plot
+    "ensemble.eval_style",    # eval style
     "ensemble.io.ports",      # ports
 ]
 # the command each module registers: `ensemble serve ...` imports only the server's
 # module (train and generate import torch, most of a second that serve never needs)
-COMMANDS = dict(zip(["serve", "train", "generate", "prepare", "bench", "plot", "ports"], COMMAND_MODULES))
+COMMANDS = dict(zip(["serve", "train", "generate", "prepare", "bench", "plot", "eval", "ports"], COMMAND_MODULES))
 
 
 def _command(argv: list[str]) -> str | None:

@@ -36,8 +36,11 @@ def duet_replay(model_dir, events: list[dict], performer: str, settings: Samplin
     """What duet mode must send for these recorded events, computed offline with torch `step`.
 
     A note-on is answered by a note-on sampled with every note-off token forbidden, after
-    ending the previous answer; a note-off ends the current answer.
+    ending the previous answer; a note-off ends the current answer. The answer is as loud
+    as the player (style following): these players play every note at one velocity.
     """
+    loudness = {e["values"][1] for e in events if e["values"][1] > 0}
+    assert len(loudness) == 1
     ckpt = checkpoint.load(model_dir)
     codec = ckpt.codec
     mask = np.array([codec.decode_token(t).velocity == 0 for t in range(codec.vocab_size)])
@@ -52,7 +55,7 @@ def duet_replay(model_dir, events: list[dict], performer: str, settings: Samplin
                 answer = None
             if e["values"][1] > 0:
                 note = codec.decode_token(int(sampler(logits[0].numpy(), settings, rng, mask)))
-                sent.append((note.pitch, note.velocity))
+                sent.append((note.pitch, next(iter(loudness))))
                 answer = note.pitch
     return sent
 

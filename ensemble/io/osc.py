@@ -48,7 +48,7 @@ SIGNATURES = {
     "/ensemble/touch": ("sff",),
     "/ensemble/gesture": ("si",),
     "/ensemble/mode": ("ss",),
-    "/ensemble/set": ("ssf",),
+    "/ensemble/set": ("ssf", "sss"),  # string values: style settings such as scale "D dorian"
     "/ensemble/reset": ("s",),
     "/ensemble/goodbye": ("s",),
     # status: to the sender, to its host at port i, to host s port i, or a performer's details to them

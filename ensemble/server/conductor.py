@@ -37,10 +37,11 @@ from ensemble.server.config import MODES, ServerConfig
 from ensemble.settings import check_value
 from ensemble.messages import (LOCAL, ControlError, Event, EventError, Goodbye, Hello, Origin, Output, Panic,
                                Play, Reset, SetMode, SetParam, StatusRequest, Transport)
-from ensemble.server.events import adapter_for
+from ensemble.server.events import OutEvent, adapter_for
 from ensemble.server.performer import Performer
 from ensemble.server.recorder import Recorder
 from ensemble.server.scheduler import HeldNotes, cancel_machine
+from ensemble.server.style import SETTINGS as STYLE_SETTINGS, Style
 
 log = logging.getLogger("ensemble.server")
 
@@ -84,6 +85,8 @@ class Conductor:
         forbidden = list(getattr(self.codec, "forbidden", None) or [])
         self.mask = forbidden_mask(self.vocab, forbidden)
         self.duet_mask = forbidden_mask(self.vocab, forbidden + self.adapter.duet_forbidden)
+        # notes models follow each performer's tempo, pulse and dynamics (ensemble.server.style)
+        self.style_tables = self.adapter.style_tables() if hasattr(self.adapter, "style_tables") else None
         self.performers: dict[str, Performer] = {}
         self.pending: list[Pending] = []
         self._flush_soon = False
@@ -142,6 +145,8 @@ class Conductor:
             logits=np.zeros(self.vocab, dtype=np.float32), last_heard=self.loop.time(), source=source,
             owner=owner,
         )
+        if self.style_tables is not None:
+            p.style = Style(self.style_tables, cfg.style, self.mask)
         self.performers[performer_id] = p
         if self.band is not None:
             try:
@@ -184,6 +189,8 @@ class Conductor:
         self.engine.reset_slot(p.slot)
         self.pending = [e for e in self.pending if e.performer is not p]
         p.has_logits, p.stream_time = False, None
+        if p.style is not None:
+            p.style.reset()
 
     def set_mode(self, performer_id: str, mode: str) -> None:
         if mode not in MODES:
@@ -195,9 +202,18 @@ class Conductor:
         if mode == "auto":
             self._start_generating(p)
 
-    def set_parameter(self, performer_id: str, name: str, value: float) -> None:
+    def set_parameter(self, performer_id: str, name: str, value: float | str) -> None:
+        if name in STYLE_SETTINGS and self.style_tables is not None:  # ensemble.server.style checks them
+            targets = list(self.performers.values()) if performer_id == "*" else [self.get(performer_id)]
+            for p in targets:
+                try:
+                    p.style.set(name, value)
+                except ValueError as exc:
+                    raise ControlError(str(exc)) from None
+            return
         if name not in PARAMETERS:
-            raise ControlError(f"unknown parameter {name!r}; known: {', '.join(PARAMETERS)}")
+            known = list(PARAMETERS) + (list(STYLE_SETTINGS) if self.style_tables is not None else [])
+            raise ControlError(f"unknown parameter {name!r}; known: {', '.join(known)}")
         try:
             value = check_value(ServerConfig, name, value)
         except UserError as exc:
@@ -290,7 +306,7 @@ class Conductor:
         values = self.adapter.check(values)
         now = self.loop.time()
         dt = FIRST_DT if p.stream_time is None else now - p.stream_time
-        token = self.adapter.token(dt, values)
+        token = self.adapter.token(dt, values) if p.style is None else p.style.hear(now, dt, *values)
         p.stream_time = now
         p.last_heard = now
         p.events_in += 1
@@ -357,13 +373,23 @@ class Conductor:
             self.held.note(p, answer, 0)
         if not self.adapter.answers(values):
             return
-        event = self.adapter.event(int(self.sampler(p.logits, p.settings, p.rng, self.duet_mask)))
+        if p.style is None:
+            event = self.adapter.event(int(self.sampler(p.logits, p.settings, p.rng, self.duet_mask)))
+        else:
+            token = int(self.sampler(self._logits(p), p.settings, p.rng, p.style.duet_mask))
+            event = OutEvent("note", 0.0, p.style.answer(token, self.loop.time()))
         if event.kind == "note":
             p.extra["duet_note"] = event.values[0]
         self._emit(p, event)
 
     def _sample(self, p: Performer) -> int:
-        return int(self.sampler(p.logits, p.settings, p.rng, self.mask))
+        if p.style is None:
+            return int(self.sampler(p.logits, p.settings, p.rng, self.mask))
+        return int(self.sampler(self._logits(p), p.settings, p.rng, p.style.mask))
+
+    @staticmethod
+    def _logits(p: Performer) -> np.ndarray:
+        return p.style.steer(p.logits)
 
     def _start_generating(self, p: Performer) -> None:
         p.silence = None
@@ -382,9 +408,13 @@ class Conductor:
         if p.next_event is not None:  # one planned event per performer, ever
             p.next_event.cancel()
         token = self._sample(p)
-        event = self.adapter.event(token)
         now = self.loop.time()
-        when = max(now, (p.stream_time if p.stream_time is not None else now) + event.dt)
+        if p.style is not None:  # at the performer's tempo, on their pulse, at their loudness
+            event = p.style.place(token, p.stream_time, now)
+            when = event.when
+        else:
+            event = self.adapter.event(token)
+            when = max(now, (p.stream_time if p.stream_time is not None else now) + event.dt)
         p.next_event = self.loop.call_at(when, self._play_machine_event, p, token, event, when)
 
     def _play_machine_event(self, p: Performer, token: int, event, when: float) -> None:
@@ -400,6 +430,8 @@ class Conductor:
 
     def _emit(self, p: Performer, event) -> None:
         if event.kind == "note":
+            if p.style is not None and not p.style.settings.overlap and event.values[1] > 0:
+                self.held.all_off(p)  # one note at a time
             self.held.note(p, *event.values)
         else:
             self.send(p, event.kind, event.values)
@@ -479,6 +511,8 @@ class Conductor:
                 "rng": p.rng.bit_generator.state, "clean": clean,
                 # wall-clock time of their last event: the pause across a restart counts too
                 "last_event_wall": None if p.stream_time is None else wall - (now - p.stream_time),
+                "style": p.style.settings.as_dict() if p.style is not None else None,
+                "style_state": p.style.state(now) if p.style is not None else None,
             })
             arrays.append({**self.engine.get_state(p.slot), "logits": p.logits.copy()})
         return performers, arrays
@@ -531,6 +565,17 @@ class Conductor:
             if isinstance(last, (int, float)) and not isinstance(last, bool):
                 p.stream_time = self.loop.time() - max(0.0, time.time() - last)
             self.all_notes_off(p)
+            for name, value in (info.get("style") or {}).items() if p.style is not None else ():
+                try:
+                    p.style.set(name, value)
+                except ValueError as exc:
+                    log.error("snapshot %s: %s's style setting not restored (%s)", path, p.id, exc)
+            if p.style is not None and info.get("style_state"):
+                try:
+                    p.style.load_state(info["style_state"], self.loop.time())
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("snapshot %s: %s's tempo and dynamics not restored (%s)", path, p.id, exc)
+                    p.style.reset()
             restored += 1
         return restored, failed
 

@@ -59,6 +59,7 @@ class ServerConfig:
     engine: str = setting("numpy", choices=("numpy", "torch"))
     seed: int | None = None              # fixed seed: predictions reproducible per performer
     midi: dict = setting(default_factory=dict)  # [midi] table, read by the MIDI layer
+    style: dict = setting(default_factory=dict)  # [style] table: every performer's style settings at hello
     web: str | None = None               # "[HOST:]PORT": the browser page and its WebSocket (host: loopback)
     web_rate: float = setting(200.0, low=0, low_open=True)  # WebSocket messages/s per browser connection
     web_connections: int = setting(32, low=1, high=1024)    # browser connections at once
@@ -72,6 +73,12 @@ class ServerConfig:
                 [ipaddress.ip_network(n, strict=False) for n in getattr(self, key)]
             except ValueError as exc:
                 raise UserError(f"{where + ': ' if where else ''}{key}: {exc}") from None
+        from ensemble.server.style import StyleSettings
+
+        try:
+            StyleSettings.from_dict(self.style)
+        except ValueError as exc:
+            raise UserError(f"{where + ': ' if where else ''}style: {exc}") from None
         if self.web is not None:
             self.web_address  # noqa: B018  (raises UserError naming the key)
 

@@ -69,6 +69,13 @@ class NotesAdapter:
         e = self.codec.decode_token(token)
         return OutEvent("note", e.dt, (e.pitch, e.velocity))
 
+    def style_tables(self):
+        """Notes performers get a style follower (tempo, pulse, dynamics, steering masks):
+        `ensemble.server.style`, built on these shared tables."""
+        from ensemble.server.style import StyleTables
+
+        return StyleTables(self.codec)
+
 
 class TouchAdapter:
     kind = "touch"

@@ -35,6 +35,7 @@ class Performer:
     owner: str | None = None          # the address (IP) that said hello; None for local transports (MIDI)
     panicked: bool = False            # silenced by /ensemble/panic: quiet until they play or set a mode
     extra: dict = field(default_factory=dict)
+    style: object = None              # notes models: their ensemble.server.style.Style
 
     def settings_dict(self) -> dict:
         s = self.settings
@@ -44,4 +45,5 @@ class Performer:
     def status(self) -> dict:
         return {"id": self.id, "mode": self.mode, "slot": self.slot, "output": self.output.name,
                 "events_in": self.events_in, "events_out": self.events_out, "seq": self.seq,
-                "generating": self.generating, "silenced_by_panic": self.panicked, **self.settings_dict()}
+                "generating": self.generating, "silenced_by_panic": self.panicked, **self.settings_dict(),
+                **({"style": self.style.describe()} if self.style is not None else {})}
