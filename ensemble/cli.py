@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "ensemble.bench",         # bench
     "ensemble.plot",          # plot
     "ensemble.io.ports",      # ports
+    "ensemble.classifier",    # classify
+    "ensemble.touch_synth",   # synth-touches
 ]
 
 
