@@ -134,6 +134,10 @@ def read_config(folder) -> dict:
         raise CheckpointError(f"{path}: not an ensemble model config (format is not {FORMAT!r})")
     if config.get("version") != VERSION:
         raise CheckpointError(f"{path}: format version {config.get('version')!r}, this ensemble reads {VERSION}")
+    if config.get("type", "token-rnn") != "token-rnn":  # another model type, with its own loader
+        hint = (" (ensemble classify --model, or serve --metatone-classifier)"
+                if config["type"] == "gesture-classifier" else "")
+        raise CheckpointError(f"{folder}: a {str(config['type']).replace('-', ' ')}, not a token model{hint}")
     return config
 
 

@@ -68,7 +68,7 @@ class _Stream:
         last = None
         for dt, x, y in path:
             x, y = _clip(x + self.rng.normal(0, self.p.jitter), y + self.rng.normal(0, self.p.jitter))
-            v = 0.0 if last is None else math.hypot(x - last[0], y - last[1])
+            v = 0.0 if last is None else max(0.01, math.hypot(x - last[0], y - last[1]))  # 0 marks touch-downs only
             self.points.append((t + dt, x, y, v))
             last = (x, y)
 

@@ -24,6 +24,7 @@ def _default_model() -> Path:
 
 
 DEFAULT_MODEL = _default_model()
+DEFAULT_CLASSIFIER = DEFAULT_MODEL.parent / "gesture-classifier"  # bundled next to folk-notes
 
 
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
@@ -59,6 +60,11 @@ class ServerConfig:
     engine: str = setting("numpy", choices=("numpy", "torch"))
     seed: int | None = None              # fixed seed: predictions reproducible per performer
     midi: dict = setting(default_factory=dict)  # [midi] table, read by the MIDI layer
+    # Metatone iPad apps (Neural iPad Band): their own UDP port (None: off), see ensemble.io.metatone
+    metatone: int | None = setting(None, low=0, high=65535)
+    metatone_reply_port: int = setting(51200, low=0, high=65535)  # the apps listen here; 0: the sender's port
+    metatone_classifier: str = str(DEFAULT_CLASSIFIER)  # gesture-classifier model folder
+    metatone_pd: str | None = None  # HOST:PORT that also gets the band's touches (ensemble-touch.pd: 127.0.0.1:5007)
 
     def validate(self, where: str = "") -> None:
         """Every value type- and range-checked before anything starts (one line naming the key)."""
