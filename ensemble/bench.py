@@ -233,6 +233,8 @@ BENCHMARKS: list[Benchmark] = [
               _lazy("ensemble.bench_fuzz", "add_arguments"), _lazy("ensemble.bench_fuzz", "run")),
     Benchmark("train", "training throughput in tokens/s for a model size on this device",
               _lazy("ensemble.bench_train", "add_arguments"), _lazy("ensemble.bench_train", "run")),
+    Benchmark("metatone", "Metatone apps at 60 touches/s: touches lost, gesture answers, classification tick time",
+              _lazy("ensemble.bench_metatone", "add_arguments"), _lazy("ensemble.bench_metatone", "run")),
     Benchmark("midi", "MIDI latency through real JACK ports (needs jackd)",
               _lazy("ensemble.bench_midi", "add_arguments"), _lazy("ensemble.bench_midi", "run")),
 ]

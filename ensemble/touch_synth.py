@@ -136,7 +136,7 @@ def play(gesture: int, start: float, end: float, s: _Stream) -> None:
 
 
 def session(players: int, seconds: int, seed: int = 0, change: tuple[float, float] = (5.0, 15.0),
-            follow: float = 0.4):
+            follow: float = 0.4, touches: bool = True):
     """One synthetic performance: (touches per device, gesture labels per device per second).
 
     Each player holds a gesture for a few seconds (`change`), then switches: with
@@ -146,7 +146,7 @@ def session(players: int, seconds: int, seed: int = 0, change: tuple[float, floa
     devices = [f"ipad{i + 1}" for i in range(players)]
     habits = {d: Player.random(rng) for d in devices}
     labels = {d: [0] * seconds for d in devices}
-    touches = {}
+    played = {}
     next_change = {d: 0 for d in devices}
     current = {d: int(rng.integers(0, 9)) for d in devices}
     for second in range(seconds):
@@ -156,7 +156,7 @@ def session(players: int, seconds: int, seed: int = 0, change: tuple[float, floa
                 current[d] = int(rng.choice(others)) if others and rng.random() < follow else int(rng.integers(0, 9))
                 next_change[d] = second + int(rng.uniform(*change))
             labels[d][second] = current[d]
-    for d in devices:
+    for d in devices if touches else ():  # touches=False: the labels alone (gesture logs are cheap)
         s = _Stream(habits[d], np.random.default_rng([seed, devices.index(d) + 1]))
         second = 0
         while second < seconds:  # one segment of one gesture at a time
@@ -165,8 +165,8 @@ def session(players: int, seconds: int, seed: int = 0, change: tuple[float, floa
                 end += 1
             play(g, float(second), float(end), s)
             second = end
-        touches[d] = sorted((pt for pt in s.points if pt[0] < seconds), key=lambda pt: pt[0])
-    return touches, labels
+        played[d] = sorted((pt for pt in s.points if pt[0] < seconds), key=lambda pt: pt[0])
+    return played, labels
 
 
 def iso(start: datetime, t: float) -> str:
@@ -194,17 +194,21 @@ def write_gesture_log(path, labels: dict, start: datetime) -> int:
     return seconds
 
 
-def write_corpus(folder, sessions: int, players: int = 4, seconds: int = 300, seed: int = 0) -> list[Path]:
-    """`sessions` pairs of touch + gesture logs in `folder` (touches-NNN.csv, gestures-NNN.csv)."""
+def write_corpus(folder, sessions: int, players: int = 4, seconds: int = 300, seed: int = 0,
+                 gestures_only: bool = False) -> list[Path]:
+    """`sessions` pairs of touch + gesture logs in `folder` (touches-NNN.csv, gestures-NNN.csv);
+    `gestures_only`: gesture logs alone (to train an ensemble gestures model)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(sessions):
-        touches, labels = session(players, seconds, seed=seed * 1000 + i)
+        touches, labels = session(players, seconds, seed=seed * 1000 + i, touches=not gestures_only)
         start = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(hours=i)
-        write_touch_log(folder / f"touches-{i:03d}.csv", touches, start)
+        if not gestures_only:
+            write_touch_log(folder / f"touches-{i:03d}.csv", touches, start)
+            written.append(folder / f"touches-{i:03d}.csv")
         write_gesture_log(folder / f"gestures-{i:03d}.csv", labels, start)
-        written += [folder / f"touches-{i:03d}.csv", folder / f"gestures-{i:03d}.csv"]
+        written.append(folder / f"gestures-{i:03d}.csv")
     return written
 
 
@@ -219,6 +223,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--players", type=int, default=4)
     p.add_argument("--seconds", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gestures-only", action="store_true", help="write gesture logs only (for a gestures model)")
     p.set_defaults(func=run)
 
 
@@ -227,7 +232,7 @@ def run(args) -> int:
 
     if not (1 <= args.players <= 16 and args.sessions >= 1 and args.seconds >= 1):
         raise UserError("--players 1..16, --sessions >= 1 and --seconds >= 1 needed")
-    files = write_corpus(args.out, args.sessions, args.players, args.seconds, args.seed)
+    files = write_corpus(args.out, args.sessions, args.players, args.seconds, args.seed, args.gestures_only)
     print(f"wrote {len(files)} synthetic logs to {args.out}")
     return 0
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -131,6 +132,7 @@ class MetatoneServer:
         self.quiet = QuietLog(log, cfg.error_rate, burst=2 * cfg.error_rate)
         self.received = self.rejected = self.malformed = self.ignored = self.errors = 0
         self.classified = 0
+        self.tick_ms: deque = deque(maxlen=64)
         self.rng = np.random.default_rng(cfg.seed)
         conductor.attach(self)
 
@@ -193,6 +195,7 @@ class MetatoneServer:
         return {"port": self.port, "devices": len(self.devices), "received": self.received,
                 "rejected": self.rejected, "malformed": self.malformed, "ignored": self.ignored,
                 "errors": self.errors, "classified": self.classified,
+                "tick_ms_max": round(max(self.tick_ms), 3) if self.tick_ms else None,
                 "gestures": {d.id: GESTURE_CODES[d.gesture] for d in list(self.devices.values())[:16]}}
 
     def output_from(self, description: dict):
@@ -342,10 +345,12 @@ class MetatoneServer:
 
     def tick(self) -> None:
         self.timer = self.loop.call_later(self.interval, self.tick)
+        started = time.perf_counter()
         try:
             self.classify_all()
         except Exception:  # a bug must not stop the clock
             log.exception("metatone: classifying")
+        self.tick_ms.append((time.perf_counter() - started) * 1000.0)  # what one tick holds the loop
 
     def classify_all(self) -> None:
         now = self.loop.time()
