@@ -193,3 +193,26 @@ def test_oscsend_is_a_metatone_app(band_model, tiny_classifier):
     finally:
         dump.kill()
         dump.wait()
+
+
+def test_prepare_reads_metatone_touch_and_gesture_logs(tmp_path):
+    """The synthesiser's logs are training data for the band (gestures) and touch models."""
+    import json
+
+    from ensemble.cli import main
+
+    logs = tmp_path / "logs"
+    touch_synth.write_corpus(logs, sessions=2, players=4, seconds=20, seed=5)
+    assert main(["prepare", "--codec", "gestures", "--input", str(logs), "--out", str(tmp_path / "g")]) == 0
+    counts = json.loads((tmp_path / "g" / "manifest.json").read_text())["counts"]
+    assert counts["pieces"] == 2 and counts["tokens"] == 40  # one band state a second; touch logs skipped
+    from ensemble.corpora import Source, read_source
+
+    states = next(read_source(Source("g0", logs / "gestures-000.csv", "csv"))).data
+    _, labels = touch_synth.session(4, 20, seed=5000, touches=False)
+    assert states == [tuple(labels[f"ipad{p + 1}"][s] for p in range(4)) for s in range(20)]
+    assert main(["prepare", "--codec", "touch", "--input", str(logs), "--out", str(tmp_path / "t")]) == 0
+    counts = json.loads((tmp_path / "t" / "manifest.json").read_text())["counts"]
+    read = [classifier.read_touch_log(logs / f"touches-00{i}.csv") for i in (0, 1)]
+    assert counts["pieces"] == sum(len(r) for r in read)  # one piece per device per log
+    assert counts["tokens"] == sum(len(p) for r in read for p in r.values())
