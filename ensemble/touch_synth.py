@@ -66,8 +66,12 @@ class _Stream:
     def touch(self, t: float, path) -> None:
         """One touch: path is a list of (dt from touch start, x, y)."""
         last = None
+        ox = oy = 0.0
         for dt, x, y in path:
-            x, y = _clip(x + self.rng.normal(0, self.p.jitter), y + self.rng.normal(0, self.p.jitter))
+            # a hand wobbles slowly (a drifting offset); a touch screen adds only sub-pixel noise
+            ox = 0.9 * ox + self.rng.normal(0, 0.4 * self.p.jitter)
+            oy = 0.9 * oy + self.rng.normal(0, 0.4 * self.p.jitter)
+            x, y = _clip(x + ox + self.rng.normal(0, 0.5), y + oy + self.rng.normal(0, 0.5))
             v = 0.0 if last is None else max(0.01, math.hypot(x - last[0], y - last[1]))  # 0 marks touch-downs only
             self.points.append((t + dt, x, y, v))
             last = (x, y)
