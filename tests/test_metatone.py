@@ -216,3 +216,27 @@ def test_prepare_reads_metatone_touch_and_gesture_logs(tmp_path):
     read = [classifier.read_touch_log(logs / f"touches-00{i}.csv") for i in (0, 1)]
     assert counts["pieces"] == sum(len(r) for r in read)  # one piece per device per log
     assert counts["tokens"] == sum(len(p) for r in read for p in r.values())
+
+
+@pytest.mark.skipif(shutil.which("pd") is None, reason="Pure Data (puredata-core) is not installed")
+def test_pd_plays_the_bands_touches(band_model, tiny_classifier):
+    """patches/ensemble-touch.pd, headless, hears the touches the band plays to an iPad."""
+    from test_pd_patches import free_port, start_pd
+
+    reply_port = free_port()
+    cfg = config(band_model, tiny_classifier, metatone_pd=f"127.0.0.1:{reply_port}")
+    with ServerThread(cfg) as server:
+        pd = start_pd("ensemble-touch.pd", server.port, reply_port)
+        try:
+            app = OscPeer(server.info["metatone"].port)
+            app.send("/metatone/online", "ipad-pd", "PhaseRings")
+            for line in pd.stderr:  # bounded by the test's own touches: the band plays within a few ticks
+                fields = line.split()
+                if fields[:4] == ["OSC:", "ensemble", "touch", "ipad-pd"]:
+                    assert 0 <= float(fields[4]) <= 1 and 0 <= float(fields[5]) <= 1
+                    break
+            else:
+                raise AssertionError("pd stopped before the band's touches arrived")
+        finally:
+            pd.kill()
+            pd.wait()
