@@ -240,3 +240,13 @@ def test_pd_plays_the_bands_touches(band_model, tiny_classifier):
         finally:
             pd.kill()
             pd.wait()
+
+
+def test_a_touch_model_answers_metatone_touches(touch_model, tiny_classifier):
+    with ServerThread(config(touch_model, tiny_classifier, default_mode="duet")) as server:
+        app = OscPeer(server.info["metatone"].port)
+        app.send("/metatone/online", "ipad-t", "PhaseRings")
+        app.send("/metatone/touch", "ipad-t", 256.0, 192.0, 0.0)
+        args = recv_address(app, "/ensemble/touch")
+        assert args[0] == "ipad-t" and 0 <= args[1] <= 1 and 0 <= args[2] <= 1
+        assert server.conductor.performers["ipad-t"].events_in == 1

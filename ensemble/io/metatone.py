@@ -18,7 +18,8 @@ It turns online/offline into Hello/Goodbye, keeps each device's last few seconds
 touches, and once every `gesture_interval` seconds classifies every device's window
 (`ensemble.classifier`, numpy only) and answers the gesture to the device. When the
 conductor serves a gestures model (a Band), each recognised gesture is played into the
-band as `Play(device, "gesture", (g,))`; the band's predicted gesture for a device comes
+band as `Play(device, "gesture", (g,))` (with a touch model, every touch is played into
+it instead, and its answers come back as touches); the band's predicted gesture for a device comes
 back through that device's `MetatoneOutput`, and is performed as a stream of touches
 over the next interval, scheduled on the loop (`call_at`, no threads): the device's own
 recorded touches of that gesture when it has played one, else the synthesiser's. Those
@@ -340,6 +341,10 @@ class MetatoneServer:
         p = self.conductor.performers.get(device_id)
         if p is not None:
             p.last_heard = now
+            if self.conductor.band is None and self.conductor.adapter.kind == "touch":
+                # a touch model: every touch is its input, and its answers come back as touches
+                self.conductor.handle(Play(device_id, "touch", (d.touches[-1][1] / WIDTH, d.touches[-1][2] / HEIGHT)),
+                                      d.origin)
 
     # -- once a second: classify, answer, play into the band
 
