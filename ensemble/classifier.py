@@ -235,6 +235,47 @@ class GestureClassifier:
             h = o * np.tanh(c)
         return h
 
+    def _masked(self, x: np.ndarray, mask: np.ndarray, suffix: str) -> np.ndarray:
+        """One direction over a (B, L, F) batch whose rows end early (mask False): a row's
+        state stops changing after its last point, so it ends as if run alone."""
+        w = self.weights
+        pre = x @ w[f"lstm.weight_ih_l0{suffix}"].T + (w[f"lstm.bias_ih_l0{suffix}"] + w[f"lstm.bias_hh_l0{suffix}"])
+        whh_t = w[f"lstm.weight_hh_l0{suffix}"].T
+        H = self.hidden
+        h = np.zeros((x.shape[0], H), dtype=np.float32)
+        c = np.zeros((x.shape[0], H), dtype=np.float32)
+        for t in range(x.shape[1]):
+            g = pre[:, t] + h @ whh_t
+            i, f, gg, o = _sigmoid(g[:, :H]), _sigmoid(g[:, H:2 * H]), np.tanh(g[:, 2 * H:3 * H]), _sigmoid(g[:, 3 * H:])
+            c_new = f * c + i * gg
+            m = mask[:, t:t + 1]
+            c = np.where(m, c_new, c)
+            h = np.where(m, o * np.tanh(c_new), h)
+        return h
+
+    def logits_batch(self, windows: list[np.ndarray]) -> np.ndarray:
+        """(B, 9) logits for several windows (each n >= 1 points) in one pass: the live tick
+        classifies every performer at once, so its cost grows with the longest window, not
+        with the number of performers."""
+        lengths = [len(x) for x in windows]
+        forward = np.zeros((len(windows), max(lengths), FEATURES), dtype=np.float32)
+        backward = np.zeros_like(forward)
+        mask = np.zeros(forward.shape[:2], dtype=bool)
+        for b, x in enumerate(windows):
+            forward[b, :len(x)], backward[b, :len(x)], mask[b, :len(x)] = x, x[::-1], True
+        h = np.concatenate([self._masked(forward, mask, ""), self._masked(backward, mask, "_reverse")], axis=1)
+        return h @ self.weights["out.weight"].T + self.weights["out.bias"]
+
+    def classify_many(self, windows: list, end: float) -> list[int]:
+        """The gesture of each device's touch points (as `classify`), in one batched pass."""
+        feats = [features(points, end, self.window, self.max_points) for points in windows]
+        full = [i for i, f in enumerate(feats) if len(f)]
+        out = [0] * len(feats)
+        if full:
+            for i, row in zip(full, self.logits_batch([feats[i] for i in full])):
+                out[i] = int(np.argmax(row))
+        return out
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         """9 logits for one window of features (n >= 1 points)."""
         h = np.concatenate([self._direction(x, ""), self._direction(x[::-1], "_reverse")])

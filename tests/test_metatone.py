@@ -90,6 +90,8 @@ def test_numpy_inference_is_the_trained_torch_model(tiny_classifier, logs):
     for w, e in zip(windows, expected):
         np.testing.assert_allclose(live.logits(w), e, rtol=1e-4, atol=1e-4)
     assert live.classify([], 10.0) == 0  # no touches: nothing
+    mixed = windows + [windows[0][:3], windows[-1][:1]]  # one batched pass over windows of any lengths
+    np.testing.assert_allclose(live.logits_batch(mixed), [live.logits(w) for w in mixed], rtol=1e-4, atol=1e-4)
 
 
 def test_train_and_classify_commands(logs, tmp_path):

@@ -361,10 +361,12 @@ class MetatoneServer:
         now = self.loop.time()
         window = self.classifier.window
         band = self.conductor.band
-        for d in list(self.devices.values()):
+        devices = list(self.devices.values())
+        for d in devices:
             while d.touches and d.touches[0][0] <= now - window:
                 d.touches.popleft()
-            g = self.classifier.classify(d.touches, now)
+        gestures = self.classifier.classify_many([d.touches for d in devices], now) if devices else []
+        for d, g in zip(devices, gestures):
             d.gesture = g
             self.classified += 1
             if g and d.touches:  # remember how this performer plays g, to play it back to them
