@@ -246,8 +246,9 @@ class GestureClassifier:
         c = np.zeros((x.shape[0], H), dtype=np.float32)
         for t in range(x.shape[1]):
             g = pre[:, t] + h @ whh_t
-            i, f, gg, o = _sigmoid(g[:, :H]), _sigmoid(g[:, H:2 * H]), np.tanh(g[:, 2 * H:3 * H]), _sigmoid(g[:, 3 * H:])
-            c_new = f * c + i * gg
+            sg = _sigmoid(g)  # one call for the three gates (the cell input's share is unused)
+            c_new = sg[:, H:2 * H] * c + sg[:, :H] * np.tanh(g[:, 2 * H:3 * H])
+            o = sg[:, 3 * H:]
             m = mask[:, t:t + 1]
             c = np.where(m, c_new, c)
             h = np.where(m, o * np.tanh(c_new), h)
