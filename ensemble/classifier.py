@@ -53,17 +53,18 @@ class ClassifierError(UserError):
 # ---------------------------------------------------------------------------- features
 
 
-def features(points, end: float, window: float = 5.0, max_points: int = 160) -> np.ndarray:
+def features(points, end: float, window: float = 5.0, max_points: int = 160, scale: float = 100.0) -> np.ndarray:
     """(n, FEATURES) float32 for the touch points (t, x_px, y_px, down) in (end - window, end].
 
-    `down` is True where a touch begins. Only the `max_points` most recent are kept."""
+    `down` is True where a touch begins. Only the `max_points` most recent are kept; movement
+    is in units of `scale` pixels (a model's config says which it was trained with)."""
     pts = [p for p in points if end - window < p[0] <= end][-max_points:]
     out = np.zeros((len(pts), FEATURES), dtype=np.float32)
     prev = None
     for i, (t, x, y, down) in enumerate(pts):
         dt = 1.0 if prev is None else max(0.0, t - prev[0])
-        dx = 0.0 if prev is None or down else (x - prev[1]) / 100.0
-        dy = 0.0 if prev is None or down else (y - prev[2]) / 100.0
+        dx = 0.0 if prev is None or down else (x - prev[1]) / scale
+        dy = 0.0 if prev is None or down else (y - prev[2]) / scale
         out[i] = (x / WIDTH, y / HEIGHT, max(-3.0, min(3.0, dx)), max(-3.0, min(3.0, dy)),
                   (math.log(dt + 1e-3) + 3.0) / 3.0, 1.0 if down or prev is None else 0.0, (end - t) / window)
         prev = (t, x, y)
@@ -142,7 +143,7 @@ def is_touch_log(path) -> bool:
         return f.readline().strip().lower().replace(" ", "") == "time,device_id,x_pos,y_pos,velocity"
 
 
-def labelled_windows(folder, window: float, max_points: int):
+def labelled_windows(folder, window: float, max_points: int, scale: float = 100.0):
     """Every (features, gesture) of the labelled logs in `folder`, grouped by gesture log
     (so whole sessions can be held out): [[(features, label), ...] per gesture log]."""
     folder = Path(folder)
@@ -174,7 +175,7 @@ def labelled_windows(folder, window: float, max_points: int):
                 if pts is None:
                     continue
                 lo, hi = np.searchsorted(times[device], [t - window, t], side="right")
-                group.append((features(pts[lo:hi], t, window, max_points), g))
+                group.append((features(pts[lo:hi], t, window, max_points, scale), g))
         groups.append(group)
     return groups
 
@@ -194,6 +195,7 @@ class GestureClassifier:
     hidden: int
     window: float = 5.0
     max_points: int = 160
+    scale: float = 100.0
     meta: dict | None = None
     path: Path | None = None
 
@@ -219,7 +221,7 @@ class GestureClassifier:
                 raise ClassifierError(f"{folder}: weights do not match the config ({key} should be {shape})")
         w = {k: v.astype(np.float32) for k, v in weights.items()}
         return cls(w, hidden, float(spec.get("window", 5.0)), int(spec.get("max_points", 160)),
-                   {k: v for k, v in config.items() if k not in ("format", "version")}, folder)
+                   float(spec.get("movement_scale", 100.0)), {k: v for k, v in config.items() if k not in ("format", "version")}, folder)
 
     def _direction(self, x: np.ndarray, suffix: str) -> np.ndarray:
         w = self.weights
@@ -269,7 +271,7 @@ class GestureClassifier:
 
     def classify_many(self, windows: list, end: float) -> list[int]:
         """The gesture of each device's touch points (as `classify`), in one batched pass."""
-        feats = [features(points, end, self.window, self.max_points) for points in windows]
+        feats = [features(points, end, self.window, self.max_points, self.scale) for points in windows]
         full = [i for i, f in enumerate(feats) if len(f)]
         out = [0] * len(feats)
         if full:
@@ -284,7 +286,7 @@ class GestureClassifier:
 
     def classify(self, points, end: float) -> int:
         """The gesture (0..8) of the touch points (t, x_px, y_px, down) in the window ending at `end`."""
-        x = features(points, end, self.window, self.max_points)
+        x = features(points, end, self.window, self.max_points, self.scale)
         if len(x) == 0:
             return 0
         return int(np.argmax(self.logits(x)))
@@ -344,7 +346,7 @@ def confusion(model_logits_fn, items) -> np.ndarray:
 
 def train_classifier(data, out, *, hidden: int = 32, steps: int = 1500, batch: int = 64, lr: float = 3e-3,
                      val_fraction: float = 0.2, seed: int = 0, window: float = 5.0, max_points: int = 160,
-                     max_time: float | None = None, retrain: str = "") -> dict:
+                     max_time: float | None = None, retrain: str = "", movement_scale: float = 100.0) -> dict:
     """Train on labelled touch logs in `data`; writes OUT/best (a model folder). Returns the metrics."""
     import time
 
@@ -355,7 +357,7 @@ def train_classifier(data, out, *, hidden: int = 32, steps: int = 1500, batch: i
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    groups = labelled_windows(data, window, max_points)
+    groups = labelled_windows(data, window, max_points, movement_scale)
     n_val = 0 if val_fraction <= 0 else max(1, round(len(groups) * val_fraction)) if len(groups) > 1 else 0
     train_groups, val_groups = groups[:len(groups) - n_val], groups[len(groups) - n_val:]
     # empty windows are gesture 0 by rule: the model only sees windows with touches
@@ -406,6 +408,7 @@ def train_classifier(data, out, *, hidden: int = 32, steps: int = 1500, batch: i
     config = {
         "format": "ensemble-model", "version": 1, "type": TYPE,
         "classifier": {"hidden": hidden, "window": window, "max_points": max_points, "features": FEATURES,
+                       "movement_scale": movement_scale,
                        "cell": "bidirectional lstm", "gestures": list(GESTURE_CODES)},
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": {"source": Path(str(data)).name, "train_logs": len(train_groups), "val_logs": len(val_groups)},
