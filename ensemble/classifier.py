@@ -346,7 +346,7 @@ def confusion(model_logits_fn, items) -> np.ndarray:
 
 def train_classifier(data, out, *, hidden: int = 32, steps: int = 1500, batch: int = 64, lr: float = 3e-3,
                      val_fraction: float = 0.2, seed: int = 0, window: float = 5.0, max_points: int = 160,
-                     max_time: float | None = None, retrain: str = "", movement_scale: float = 100.0) -> dict:
+                     max_time: float | None = None, retrain: str = "", movement_scale: float = 20.0) -> dict:
     """Train on labelled touch logs in `data`; writes OUT/best (a model folder). Returns the metrics."""
     import time
 

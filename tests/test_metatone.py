@@ -252,3 +252,17 @@ def test_a_touch_model_answers_metatone_touches(touch_model, tiny_classifier):
         args = recv_address(app, "/ensemble/touch")
         assert args[0] == "ipad-t" and 0 <= args[1] <= 1 and 0 <= args[2] <= 1
         assert server.conductor.performers["ipad-t"].events_in == 1
+
+
+def test_shipped_classifier_loads_and_its_card_is_its_config():
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "models" / "gesture-classifier"
+    config = json.loads((folder / "config.json").read_text())
+    assert (folder / "README.md").read_text() == classifier.card(folder.name, config)
+    assert "SYNTHETIC" in (folder / "README.md").read_text()
+    live = classifier.GestureClassifier.load(folder)
+    v = config["validation"]
+    assert np.array(v["confusion"]).sum() == v["val_windows"] and v["accuracy"] > 0.5
+    assert live.classify([(0.0, 500.0, 400.0, True)], 1.0) in range(9)
