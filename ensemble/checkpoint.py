@@ -141,6 +141,9 @@ def read_config(folder) -> dict:
         raise CheckpointError(f"{path}: not an ensemble model config (format is not {FORMAT!r})")
     if config.get("version") != VERSION:
         raise CheckpointError(f"{path}: format version {config.get('version')!r}, this ensemble reads {VERSION}")
+    if config.get("model_type") == "gesture-classifier":  # another model type, with its own loader
+        raise CheckpointError(f"{folder}: a gesture classifier, not a token model (ensemble classify --model, "
+                              f"or serve --metatone-classifier)")
     return config
 
 

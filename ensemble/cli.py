@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "ensemble.plot",          # plot
     "ensemble.eval_style",    # eval style
     "ensemble.io.ports",      # ports
+    "ensemble.classifier",    # classify
+    "ensemble.touch_synth",   # synth-touches
 ]
 # the command each module registers: `ensemble serve ...` imports only the server's
 # module (train and generate import torch, most of a second that serve never needs)

@@ -370,9 +370,16 @@ def _read_csv(source: Source) -> Iterator[Item]:
         yield from _touch_items(source.label, rows[1:])
     elif header == ["time", "performer", "gesture"]:
         yield Item(source.label, "gestures", _gesture_states(rows[1:]))
+    elif header == ["time", "device_id", "x_pos", "y_pos", "velocity"]:  # Metatone touch log (1024 x 768 px)
+        yield from _touch_items(source.label, [[str(_time(r[0], i)), r[1], str(_number(r[2], "x_pos", i) / 1024),
+                                                 str(_number(r[3], "y_pos", i) / 768)]
+                                                for i, r in enumerate(rows[1:], start=2) if len(r) == 5])
+    elif len(header) >= 2 and header[0] == "time":  # Metatone gesture log: time,<performer 1>,...
+        yield Item(source.label, "gestures", _wide_gesture_states(rows[1:], len(header) - 1))
     else:
-        raise Skip(f"CSV header is {','.join(rows[0])!r}; expected time,performer,x,y (touch log) "
-                   "or time,performer,gesture (gesture log)")
+        raise Skip(f"CSV header is {','.join(rows[0])!r}; expected time,performer,x,y or "
+                   "time,device_id,x_pos,y_pos,velocity (touch logs), time,performer,gesture or "
+                   "time,<performer 1>,... (gesture logs)")
 
 
 def _number(text: str, what: str, line: int) -> float:
@@ -383,6 +390,38 @@ def _number(text: str, what: str, line: int) -> float:
     if not math.isfinite(value):
         raise Skip(f"line {line}: {what} is {text!r}")
     return value
+
+
+def _time(text: str, line: int) -> float:
+    """Seconds: a number, or an ISO 8601 time as Metatone logs write them."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise Skip(f"line {line}: time {text!r} is neither seconds nor an ISO 8601 time") from None
+
+
+def _wide_gesture_states(rows: list[list[str]], performers: int) -> list[tuple[int, ...]]:
+    """time,<performer 1>,... rows (one per second) -> one ensemble state per row."""
+    states = []
+    for i, row in enumerate(rows, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != performers + 1:
+            raise Skip(f"line {i}: {len(row)} fields, expected {performers + 1} (time and one gesture per performer)")
+        _time(row[0], i)
+        gs = [_number(c, "gesture", i) for c in row[1:]]
+        if any(g != int(g) for g in gs):
+            raise Skip(f"line {i}: gestures must be whole numbers")
+        states.append(tuple(int(g) for g in gs))
+    if not states:
+        raise Skip("gesture log without gestures")
+    return states
 
 
 def _touch_items(label: str, rows: list[list[str]]) -> Iterator[Item]:

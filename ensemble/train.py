@@ -851,7 +851,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", help="the run folder to create")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="resume the run in RUN_DIR exactly where it was saved (after a crash, a kill or Ctrl-C)")
-    p.add_argument("--codec", choices=["text"], help="train on a raw text file (character-level, like char-rnn)")
+    p.add_argument("--codec", choices=["text", "gesture-classifier"],
+                   help="text: train on a raw text file (character-level, like char-rnn); gesture-classifier: "
+                        "a touch -> gesture classifier from a folder of touch + gesture logs")
     g = p.add_argument_group("model")
     g.add_argument("--size", default="m", choices=list(SIZES),
                    help="preset (layers x hidden, embedding): " + ", ".join(f"{k} = {l}x{h}, {e}" for k, (l, h, e) in SIZES.items()))
@@ -903,6 +905,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    if getattr(args, "codec", None) == "gesture-classifier":  # another model type: its own trainer
+        from ensemble.classifier import train_from_args
+
+        return train_from_args(args)
     if args.resume:
         saved = Path(args.resume) / "run.json"
         try:

@@ -29,9 +29,12 @@ def test_shipped_cards_name_no_build_machine_and_the_right_size():
         config = json.loads((folder / "config.json").read_text())
         for text in ((folder / "config.json").read_text(), (folder / "README.md").read_text()):
             assert "/work/" not in text and "/home/" not in text and "/tmp/" not in text, folder
+        if config.get("model_type", "token-rnn") != "token-rnn":  # another model type, its own card (test_metatone)
+            continue
         assert (folder / "README.md").read_text() == checkpoint.model_card(folder.name, config)
         model, training = config["model"], config["training"]
-        assert SIZES[training["size"]][:2] == (model["layers"], model["hidden"]), folder
+        shape = (training["layers"], training["hidden"]) if training["size"] == "custom" else SIZES[training["size"]][:2]
+        assert shape == (model["layers"], model["hidden"]), folder
 
 
 def test_serve_with_no_model_option_serves_the_default_model(tmp_path):

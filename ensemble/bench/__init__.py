@@ -322,6 +322,8 @@ BENCHMARKS: list[Benchmark] = [
               _lazy("ensemble.bench.fuzz", "add_arguments"), _lazy("ensemble.bench.fuzz", "run")),
     Benchmark("train", "training throughput in tokens/s for a model size on this device",
               _lazy("ensemble.bench.train", "add_arguments"), _lazy("ensemble.bench.train", "run")),
+    Benchmark("metatone", "Metatone apps at 60 touches/s: touches lost, gesture answers, classification tick time",
+              _lazy("ensemble.bench.metatone", "add_arguments"), _lazy("ensemble.bench.metatone", "run")),
     Benchmark("midi", "MIDI latency through real JACK ports (needs jackd)",
               _lazy("ensemble.bench.midi", "add_arguments"), _lazy("ensemble.bench.midi", "run")),
     Benchmark("web", "browser round trip measured in the page (chromium): 1 and 16 performers at 20 events/s",

@@ -68,6 +68,20 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
             if midi is not None:
                 midi.close()
             raise UserError(f"cannot listen on tcp {cfg.web}: {exc.strerror or exc}") from None
+    metatone = None
+    if cfg.metatone is not None:
+        from ensemble.io.metatone import MetatoneServer
+
+        try:
+            metatone = MetatoneServer(conductor, cfg)
+            metatone.start()
+        except OSError as exc:
+            osc.close()
+            raise UserError(f"cannot listen for Metatone apps on udp {cfg.host}:{cfg.metatone}: "
+                            f"{exc.strerror or exc}") from None
+        except (UserError, ValueError) as exc:
+            osc.close()
+            raise UserError(f"--metatone: {exc}") from None
     kept = restore_or_keep(conductor, cfg)
     if recorder is not None:
         recorder.open()
@@ -94,8 +108,11 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
           + (f", browsers on {info['web']}" if web is not None else "")
           + (f", previous snapshot kept as {kept}" if kept else ""),
           flush=True)
+    if metatone is not None:
+        print(f"ensemble: Metatone apps on udp {host}:{metatone.port}, gestures from {metatone.classifier.path}, "
+              f"answers to device port {cfg.metatone_reply_port or 'of the sender'}", flush=True)
     if ready is not None:
-        ready({**info, "conductor": conductor, "osc": osc, "midi": midi, "web_server": web})
+        ready({**info, "conductor": conductor, "osc": osc, "midi": midi, "web_server": web, "metatone": metatone})
     try:
         await stop.wait()
     finally:
@@ -103,6 +120,8 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
         conductor.shutdown()  # every sounding note gets its note-off
         if midi is not None:
             midi.close()
+        if metatone is not None:
+            metatone.close()
         snapshots.save_final()
         if conductor.recorder:
             conductor.recorder.close()
@@ -221,6 +240,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--thru", action="store_true", default=None, help="MIDI: forward the player's input to the output")
     p.add_argument("--midi-optional", action="store_true",
                    help="when MIDI was asked for but there is no MIDI system, serve OSC only instead of failing")
+    p.add_argument("--metatone", type=int, metavar="PORT",
+                   help="also listen for Metatone iPad apps (/metatone/...) on this UDP port (0 picks one); "
+                        "advertised by Bonjour with the zeroconf extra")
+    p.add_argument("--metatone-reply-port", type=int, metavar="PORT",
+                   help=f"port the Metatone apps listen on (default {d.metatone_reply_port}; 0: the sender's port)")
+    p.add_argument("--metatone-classifier", metavar="MODEL", help="gesture-classifier model folder "
+                   "(default: the bundled one)")
+    p.add_argument("--metatone-pd", metavar="HOST:PORT",
+                   help="also send the band's touches here, e.g. 127.0.0.1:5007 for patches/ensemble-touch.pd")
     p.set_defaults(func=run)
 
 

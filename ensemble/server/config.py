@@ -24,6 +24,7 @@ def _default_model() -> Path:
 
 
 DEFAULT_MODEL = _default_model()
+DEFAULT_CLASSIFIER = DEFAULT_MODEL.parent / "gesture-classifier"  # bundled next to folk-notes
 
 
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
@@ -63,6 +64,11 @@ class ServerConfig:
     web: str | None = None               # "[HOST:]PORT": the browser page and its WebSocket (host: loopback)
     web_rate: float = setting(200.0, low=0, low_open=True)  # WebSocket messages/s per browser connection
     web_connections: int = setting(32, low=1, high=1024)    # browser connections at once
+    # Metatone iPad apps (Neural iPad Band): their own UDP port (None: off), see ensemble.io.metatone
+    metatone: int | None = setting(None, low=0, high=65535)
+    metatone_reply_port: int = setting(51200, low=0, high=65535)  # the apps listen here; 0: the sender's port
+    metatone_classifier: str = str(DEFAULT_CLASSIFIER)  # gesture-classifier model folder
+    metatone_pd: str | None = None  # HOST:PORT that also gets the band's touches (ensemble-touch.pd: 127.0.0.1:5007)
 
     def validate(self, where: str = "") -> None:
         """Every value type- and range-checked before anything starts (one line naming the key)."""
