@@ -75,15 +75,13 @@ def features(points, end: float, window: float = 5.0, max_points: int = 160, sca
 
 
 def parse_time(text: str, what: str) -> float:
-    """Seconds: a number, or an ISO 8601 time (Metatone logs)."""
+    """Seconds: a number, or an ISO 8601 time (Metatone logs), read as `prepare` reads them."""
+    from ensemble.corpora import log_time
+
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text.strip()).timestamp()
-    except ValueError:
-        raise ClassifierError(f"{what}: time {text!r} is neither seconds nor an ISO 8601 time") from None
+        return log_time(text)
+    except ValueError as exc:
+        raise ClassifierError(f"{what}: {exc}") from None
 
 
 def read_touch_log(path) -> dict[str, list[tuple[float, float, float, bool]]]:
@@ -392,7 +390,7 @@ def train_classifier(data, out, *, hidden: int = 32, steps: int = 1500, batch: i
     matrix = np.zeros((9, 9), dtype=np.int64)
     if val:
         with torch.no_grad():
-            losses, correct = [], 0
+            losses = []
             for i in range(0, len(val), 256):
                 x, lengths, y = _batch(val[i:i + 256])
                 logits = model(x, lengths)

@@ -392,18 +392,25 @@ def _number(text: str, what: str, line: int) -> float:
     return value
 
 
-def _time(text: str, line: int) -> float:
-    """Seconds: a number, or an ISO 8601 time as Metatone logs write them."""
+def log_time(text: str) -> float:
+    """Seconds: a number, or an ISO 8601 time as Metatone logs write them; ValueError if neither."""
     try:
         return float(text)
     except ValueError:
         pass
-    try:
-        from datetime import datetime
+    from datetime import datetime
 
+    try:
         return datetime.fromisoformat(text.strip()).timestamp()
     except ValueError:
-        raise Skip(f"line {line}: time {text!r} is neither seconds nor an ISO 8601 time") from None
+        raise ValueError(f"time {text!r} is neither seconds nor an ISO 8601 time") from None
+
+
+def _time(text: str, line: int) -> float:
+    try:
+        return log_time(text)
+    except ValueError as exc:
+        raise Skip(f"line {line}: {exc}") from None
 
 
 def _wide_gesture_states(rows: list[list[str]], performers: int) -> list[tuple[int, ...]]:

@@ -20,6 +20,18 @@ MAX_ADDRESS = 128      # bytes in an OSC address
 TYPES = frozenset("ifsbhdtTFN")  # what our addresses can carry; no arrays, no exotic types
 
 
+def parse(data: bytes) -> list[tuple[str, list]]:
+    """(address, arguments) of every message in a datagram: checked here first, then
+    parsed by python-osc; anything wrong is one BadDatagram with the reason."""
+    from pythonosc.osc_packet import OscPacket
+
+    check_datagram(data)
+    try:
+        return [(t.message.address, list(t.message.params)) for t in OscPacket(data).messages]
+    except Exception as exc:  # python-osc's own errors, whatever their type
+        raise BadDatagram(f"{type(exc).__name__}: {exc}") from None
+
+
 class BadDatagram(ValueError):
     """A datagram that must not reach the parser; the text says why, in a few words."""
 

@@ -42,9 +42,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from pythonosc.osc_packet import OscPacket
 
-from ensemble.io.datagram import BadDatagram, check_datagram
+from ensemble.io.datagram import BadDatagram, parse
 from ensemble.io.limits import QuietLog, RateLimiter
 from ensemble.io.osc import build, ip_of
 from ensemble.messages import ControlError, EventError, Goodbye, Hello, Origin, Play
@@ -249,15 +248,10 @@ class MetatoneServer:
         if not self._admitted(addr):
             return
         try:
-            check_datagram(data)
-            messages = [(m.message.address, list(m.message.params)) for m in OscPacket(data).messages]
+            messages = parse(data)
         except BadDatagram as exc:
             self.malformed += 1
             self._complain(addr, "malformed OSC packet (%s)", exc)
-            return
-        except Exception as exc:  # python-osc's own errors, whatever their type
-            self.malformed += 1
-            self._complain(addr, "malformed OSC packet (%s: %s)", type(exc).__name__, exc)
             return
         for address, args in messages:
             try:

@@ -31,9 +31,8 @@ import logging
 import socket
 
 from pythonosc.osc_message_builder import OscMessageBuilder
-from pythonosc.osc_packet import OscPacket
 
-from ensemble.io.datagram import BadDatagram, check_datagram
+from ensemble.io.datagram import BadDatagram, parse
 from ensemble.io.limits import QuietLog, RateLimiter
 from ensemble.messages import (ControlError, EventError, Goodbye, Hello, Origin, Panic, Play, Reset, SetMode,
                                SetParam, StatusRequest)
@@ -239,16 +238,10 @@ class OscServer:
             return
         source = f"osc:{addr[0]}:{addr[1]}"
         try:
-            check_datagram(data)
-            packet = OscPacket(data)
-            messages = [(t.message.address, list(t.message.params)) for t in packet.messages]
+            messages = parse(data)
         except BadDatagram as exc:
             self.malformed += 1
             self._error(addr, None, "?", f"malformed OSC packet ({exc})", len(data))
-            return
-        except Exception as exc:  # python-osc's own errors, whatever their type
-            self.malformed += 1
-            self._error(addr, None, "?", f"malformed OSC packet ({type(exc).__name__}: {exc})", len(data))
             return
         for address, args in messages:
             try:
