@@ -25,9 +25,9 @@ from ensemble.model_types import CELLS, ModelConfig  # noqa: F401 - part of this
 class RNNState:
     """Hidden state of a TokenRNN: h (and c for LSTM), each (layers, batch, hidden).
 
-    Row b of the batch belongs to one stream (a training stream, or a performer live);
-    `rows` takes rows out and `put_rows` writes them back, so a server can keep one bank
-    of states and step any subset of performers together.
+    Row b of the batch belongs to one stream (a training stream; in tests, a performer:
+    the live server keeps its bank in the numpy engine); `rows` takes rows out and
+    `put_rows` writes them back.
     """
 
     h: Tensor
@@ -50,7 +50,8 @@ class RNNState:
         return self._map(lambda t: t[:, index])
 
     def put_rows(self, index, other: "RNNState") -> None:
-        """Write `other`'s rows into the given rows of this state, in place."""
+        """Write `other`'s rows into the given rows of this state, in place (the reference a
+        live engine is tested against steps a bank of performers this way)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
         self.h[:, index] = other.h
@@ -71,12 +72,6 @@ class RNNState:
 
     def to(self, device) -> "RNNState":
         return self._map(lambda t: t.to(device))
-
-    @staticmethod
-    def cat(states: list["RNNState"]) -> "RNNState":
-        h = torch.cat([s.h for s in states], dim=1)
-        c = None if states[0].c is None else torch.cat([s.c for s in states], dim=1)
-        return RNNState(h, c)
 
 
 class TokenRNN(nn.Module):

@@ -60,8 +60,9 @@ class Band:
         np.copyto(self.logits, c.engine.step([self.slot], [token])[0])
         self.ticks += 1
         lead = c.performers.get(min(self.places, key=self.places.get))
-        rng = lead.rng if lead is not None else np.random.default_rng()
-        predicted = self.codec.decode_token(int(c.sampler(self.logits, lead.settings, rng, c.mask)))
+        if lead is None:  # a place held by someone who has just gone: the next tick has them out
+            return
+        predicted = self.codec.decode_token(int(c.sampler(self.logits, lead.settings, lead.rng, c.mask)))
         for performer_id, place in self.places.items():
             p = c.performers.get(performer_id)
             if p is not None and p.mode != "listen":
