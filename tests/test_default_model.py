@@ -68,3 +68,25 @@ def test_folk_abc_model_writes_one_tune_that_parses():
     assert text.count("X:") == 1
     score = music21.converter.parse(text, format="abc")
     assert len(score.flatten().notes) >= 8
+
+
+def test_shipped_touch_model_continues_a_touch_stroke(tmp_path):
+    """models/ipad-touch (trained on synthetic touches) answers a stroke with touches, in range."""
+    folder = MODEL.parent / "ipad-touch"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["codec"]["name"] == "touch"
+    assert config["validation"]["loss_nats"] < 0.6 * config["data"]["unigram_entropy_nats"]
+    proc, port = start_server_process(["--model", str(folder), "--port", "0", "--no-snapshot", "--no-record",
+                                       "--mode", "duet", "--seed", "1"])
+    try:
+        peer = OscPeer(port)
+        peer.send("/ensemble/hello", "pad", "127.0.0.1", peer.port)
+        for k in range(8):  # a stroke to the right, each touch answered at once (duet)
+            peer.send("/ensemble/touch", "pad", 0.2 + 0.05 * k, 0.5)
+            assert peer.recv_until("/ensemble/touch")[3] == k + 1
+        peer.send("/ensemble/touch", "pad", 0.6, 0.5)
+        args = peer.recv_until("/ensemble/touch")
+        assert args[0] == "pad" and 0 <= args[1] <= 1 and 0 <= args[2] <= 1 and args[3] == 9
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
