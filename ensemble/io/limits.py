@@ -8,6 +8,7 @@ allows `rate` events a second with bursts of `burst`.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -72,3 +73,28 @@ class QuietLog:
             args = (*args, missed, key)
         self.log.warning(message, *args)
         return True
+
+
+class Admission:
+    """Who is heard on one of our UDP ports. Bound to loopback: everyone (only this machine
+    can reach it). Bound wider: this machine and the allowed networks, each source address
+    and port at most `rate` datagrams a second. Refusals are logged at a bounded rate."""
+
+    def __init__(self, allow: list[str], rate: float, loopback: bool, quiet: QuietLog, what: str = ""):
+        self.allow = [ipaddress.ip_network(n, strict=False) for n in allow]
+        self.loopback = loopback
+        self.source_limit = RateLimiter(rate)
+        self.quiet = quiet
+        self.what = what
+
+    def allowed(self, ip) -> bool:
+        """May this address be heard (or answered)? This machine always is."""
+        return ip.is_loopback or any(ip in net for net in self.allow)
+
+    def heard(self, ip, addr) -> bool:
+        if self.loopback:
+            return True
+        if not self.allowed(ip):
+            self.quiet.warning(addr[0], "%sdropped a packet from %s: not in the allowed networks", self.what, addr[0])
+            return False
+        return self.source_limit.allow(addr[:2])

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ensemble.io.datagram import BadDatagram, parse
-from ensemble.io.limits import QuietLog, RateLimiter
+from ensemble.io.limits import Admission, QuietLog, RateLimiter
 from ensemble.io.osc import build, ip_of
 from ensemble.messages import ControlError, EventError, Goodbye, Hello, Origin, Play
 
@@ -111,7 +111,6 @@ class MetatoneServer:
         self.host, self.port = cfg.host, cfg.metatone
         self.reply_port = cfg.metatone_reply_port
         self.interval = cfg.gesture_interval
-        self.allow = [ipaddress.ip_network(n, strict=False) for n in cfg.allow]
         self.admin = [ipaddress.ip_network(n, strict=False) for n in cfg.admin]
         try:
             self.loopback = ipaddress.ip_address(cfg.host).is_loopback
@@ -127,9 +126,9 @@ class MetatoneServer:
         self.sock: socket.socket | None = None
         self.timer = None
         self.zeroconf = None
-        self.source_limit = RateLimiter(cfg.rate_limit)
         self.device_limit = RateLimiter(cfg.performer_rate)
         self.quiet = QuietLog(log, cfg.error_rate, burst=2 * cfg.error_rate)
+        self.admission = Admission(cfg.allow, cfg.rate_limit, self.loopback, self.quiet, what="metatone: ")
         self.received = self.rejected = self.malformed = self.ignored = self.errors = 0
         self.classified = 0
         self.tick_ms: deque = deque(maxlen=64)
@@ -232,13 +231,7 @@ class MetatoneServer:
         if addr[1] == self.port and (ip.is_loopback or ip.is_unspecified):
             self.ignored += 1  # our own port: never a conversation
             return False
-        if self.loopback:
-            return True
-        if not (ip.is_loopback or any(ip in n for n in self.allow)):
-            self.rejected += 1
-            self.quiet.warning(addr[0], "metatone: dropped a packet from %s: not in the allowed networks", addr[0])
-            return False
-        if not self.source_limit.allow(addr[:2]):
+        if not self.admission.heard(ip, addr):
             self.rejected += 1
             return False
         return True

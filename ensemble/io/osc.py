@@ -33,7 +33,7 @@ import socket
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from ensemble.io.datagram import BadDatagram, parse
-from ensemble.io.limits import QuietLog, RateLimiter
+from ensemble.io.limits import Admission, QuietLog, RateLimiter
 from ensemble.messages import (ControlError, EventError, Goodbye, Hello, Origin, Panic, Play, Reset, SetMode,
                                SetParam, StatusRequest)
 
@@ -140,15 +140,14 @@ class OscServer:
         self.conductor = conductor
         self.cfg = cfg
         self.host, self.port, self.reply_port = cfg.host, cfg.port, cfg.reply_port
-        self.allow = [ipaddress.ip_network(n, strict=False) for n in cfg.allow]
         self.admin = [ipaddress.ip_network(n, strict=False) for n in cfg.admin]
         self.loopback = self._is_loopback(cfg.host)
         self.loop = conductor.loop
         self.sock: socket.socket | None = None
         self.own: set[tuple[str, int]] = set()  # where this server listens: never a reply address
-        self.source_limit = RateLimiter(cfg.rate_limit)       # per (address, port), bound wider
         self.performer_limit = RateLimiter(cfg.performer_rate)
         self.quiet = QuietLog(log, cfg.error_rate, burst=2 * cfg.error_rate)  # errors + log lines per source
+        self.admission = Admission(cfg.allow, cfg.rate_limit, self.loopback, self.quiet)
         self.lookups: dict[tuple[str, int], tuple] = {}      # (host, port) -> numeric address
         self.looking_up = 0
         self.received = self.rejected = self.malformed = self.ignored = self.errors = 0
@@ -214,20 +213,11 @@ class OscServer:
         finally:
             self.conductor.flush()  # what the good packets asked for is answered, whatever came with them
 
-    def _in(self, ip, networks) -> bool:
-        return ip.is_loopback or any(ip in net for net in networks)
-
     def _admitted(self, addr) -> bool:
         if self._is_own(addr):  # our own answers, reflected back: never a conversation
             self.ignored += 1
             return False
-        if self.loopback:
-            return True
-        if not self._in(ip_of(addr[0]), self.allow):  # this machine is always heard
-            self.rejected += 1
-            self.quiet.warning(addr[0], "dropped a packet from %s: not in the allowed networks", addr[0])
-            return False
-        if not self.source_limit.allow(addr[:2]):
+        if not self.admission.heard(ip_of(addr[0]), addr):
             self.rejected += 1
             return False
         return True
@@ -308,7 +298,7 @@ class OscServer:
         ip = ip_of(host)
         if self._is_own((host, port)):
             raise ControlError(f"{host}:{port} is this server's own address; answers go to your own port")
-        if not self._in(ip, self.allow):
+        if not self.admission.allowed(ip):
             raise ControlError(f"reply address {host} is not in the allowed networks")
         return (host, port)
 
