@@ -464,3 +464,19 @@ def test_any_message_gets_an_answer_or_nothing_never_an_exception(notes_model, t
         assert "ann" in conductor.performers  # nobody else's packet took ann away
     finally:
         loop.close()
+
+
+def test_a_hello_naming_an_unknown_mode_is_refused(notes_model, tmp_path):
+    from ensemble.messages import ControlError, Hello, Origin
+
+    loop = asyncio.new_event_loop()
+    try:
+        conductor = Conductor(checkpoint.load(notes_model), config(notes_model, tmp_path), loop)
+        out = Collecting(conductor).output_from({"type": "collecting"})
+        with pytest.raises(ControlError, match="mode must be one of"):
+            conductor.handle(Hello("kim", out, mode="karaoke"), Origin("test"))
+        assert "kim" not in conductor.performers
+        conductor.handle(Hello("kim", out, mode="listen"), Origin("test"))
+        assert conductor.performers["kim"].mode == "listen"
+    finally:
+        loop.close()

@@ -121,6 +121,8 @@ class Conductor:
         The id belongs to the address (`owner`) that said hello first, until goodbye or the
         idle timeout: a hello from anywhere else is refused, unless the id is `shared`."""
         check_id(performer_id)
+        if mode is not None and mode not in MODES:
+            raise ControlError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         p = self.performers.get(performer_id)
         if p is not None:
             if p.owner != owner:
