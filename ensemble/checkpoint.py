@@ -197,16 +197,23 @@ def load(folder, device="cpu") -> Checkpoint:
 
     from ensemble.model import TokenRNN
 
+    folder, config, model_config, codec, state = _read_weights(folder, load_file)
+    model = TokenRNN.from_config(model_config)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return Checkpoint(model, codec, _meta(config), folder)
+
+
+def _read_weights(folder, load_file):
+    """`_read`, then the weights by `load_file` (safetensors' torch or numpy loader), checked
+    against the model config: one path for both loaders, so they refuse the same files."""
     folder, config, model_config, codec, weights_path = _read(folder)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({exc})") from None
     _check_weights(weights_path, state, model_config)
-    model = TokenRNN.from_config(model_config)
-    model.load_state_dict(state)
-    model.to(device).eval()
-    return Checkpoint(model, codec, _meta(config), folder)
+    return folder, config, model_config, codec, state
 
 
 def load_live(folder) -> Checkpoint:
@@ -215,12 +222,7 @@ def load_live(folder) -> Checkpoint:
     exactly what `load` refuses."""
     from safetensors.numpy import load_file
 
-    folder, config, model_config, codec, weights_path = _read(folder)
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({exc})") from None
-    _check_weights(weights_path, state, model_config)
+    folder, config, model_config, codec, state = _read_weights(folder, load_file)
     if any(a.dtype != np.float32 for a in state.values()):
         state = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
     model_type = config.get("model_type", TOKEN_RNN)
