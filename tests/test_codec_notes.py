@@ -15,7 +15,8 @@ from ensemble.codecs import CodecError
 from ensemble.codecs.midi_notes import Note, notes_from_midi
 from ensemble.codecs.notes import NoteEvent, NotesCodec, fold_pitch, from_notes, to_notes
 
-codec = NotesCodec()
+codec = NotesCodec(grid="log")  # most tests here: the first codec's log grid (every older model)
+metrical = NotesCodec()
 
 
 def time_bin(dt):
@@ -27,8 +28,57 @@ def velocity_bin(velocity):
 
 
 def test_default_vocabulary_is_moderate():
+    assert metrical.vocab_size == 15 * 61 * 5 == 4575
+    assert NotesCodec(velocity_levels=1).vocab_size == 15 * 61 * 2 == 1830
     assert codec.vocab_size == 12 * 61 * 5 == 3660
-    assert NotesCodec(low_pitch=21, high_pitch=108, time_bins=16, velocity_levels=7).vocab_size == 16 * 88 * 8
+    assert NotesCodec(low_pitch=21, high_pitch=108, time_bins=16, velocity_levels=7, grid="log").vocab_size == 16 * 88 * 8
+
+
+def test_metrical_bins_decode_to_exact_note_values_with_edges_between_them():
+    quarter = 0.5  # at the reference 120 qpm
+    values = metrical.times.values
+    assert values[0] == 0.0 and values == sorted(values)
+    for q in (1 / 8, 1 / 6, 1 / 4, 1 / 3, 3 / 8, 1 / 2, 3 / 4, 1, 3 / 2, 2, 3, 4, 6):
+        token = metrical.encode_event(q * quarter, 60, 64)
+        assert metrical.decode_token(token).dt == pytest.approx(q * quarter, rel=1e-12)
+        # human timing: 5 % early or late is still the same note value (the snug pair,
+        # a triplet eighth and a dotted sixteenth, is 12.5 % apart)
+        assert metrical.encode_event(q * quarter * 0.95, 60, 64) == token == metrical.encode_event(q * quarter * 1.05, 60, 64)
+    assert metrical.decode_token(metrical.encode_event(60.0, 60, 64)).dt == 8 * quarter  # "8 quarters or more"
+    assert metrical.encode_event(0.02, 60, 64) == metrical.encode_event(0.0, 60, 64)  # a spread chord is together
+    # an eighth and a dotted eighth, a sixteenth and a triplet eighth: no longer one bin
+    assert len({metrical.encode_event(dt, 60, 64) for dt in (0.25, 0.375, 0.125, 1 / 6)}) == 4
+
+
+def test_a_tempo_is_a_different_reference_grid():
+    slow = NotesCodec(qpm=60)
+    assert slow.times.values[1:] == pytest.approx([2 * v for v in metrical.times.values[1:]])
+    assert codecs.load(json.loads(json.dumps(slow.describe()))) == slow != metrical
+
+
+def test_descriptions_written_before_the_grid_existed_load_as_the_log_grid():
+    old = {"name": "notes", "low_pitch": 36, "high_pitch": 96, "time_bins": 12, "min_dt": 0.015,
+           "max_dt": 4.0, "velocity_levels": 4}
+    loaded = codecs.load(old)
+    assert loaded == codec and loaded.grid == "log" and loaded.vocab_size == 3660
+    assert codecs.load({"name": "notes"}) == metrical
+    with pytest.raises(CodecError, match="log"):
+        NotesCodec(time_bins=16)
+    with pytest.raises(CodecError, match="grid"):
+        NotesCodec(grid="beats")
+
+
+def test_a_real_tune_keeps_its_length_and_rhythm_through_the_metrical_codec():
+    from ensemble import corpora
+
+    tune = "X:1\nT:test\nM:6/8\nL:1/8\nK:D\n|:dAF DFA|d2e f2g|a>ba gfe|d3 d2:|\n(3ABc d2 z2|B/c/d e4|]\n"
+    notes = corpora.abc_notes(tune)
+    events = from_notes(notes)
+    decoded = metrical.decode(metrical.encode(events))
+    assert [round(e.dt, 9) for e in decoded] == [round(e.dt, 9) for e in events]
+    back = to_notes(decoded)
+    assert back[-1].end == pytest.approx(notes[-1].end)
+    assert NotesCodec(grid="log").decode(codec.encode(events))[-1] != decoded[-1]  # the log grid did not keep it
 
 
 def test_every_token_decodes_and_encodes_back_to_itself():
@@ -116,14 +166,15 @@ def test_bad_events_raise_one_clear_error():
 
 
 def test_describe_and_load():
-    for c in (codec, NotesCodec(low_pitch=21, high_pitch=108, time_bins=16, min_dt=0.01, max_dt=8, velocity_levels=8)):
+    for c in (codec, metrical, NotesCodec(velocity_levels=1),
+              NotesCodec(low_pitch=21, high_pitch=108, time_bins=16, min_dt=0.01, max_dt=8, velocity_levels=8, grid="log")):
         description = json.loads(json.dumps(c.describe()))
         assert description["name"] == "notes"
         rebuilt = codecs.load(description)
         assert rebuilt == c and rebuilt.vocab_size == c.vocab_size
         assert [rebuilt.decode_token(t) for t in range(0, c.vocab_size, 97)] == [
             c.decode_token(t) for t in range(0, c.vocab_size, 97)]
-    assert NotesCodec(time_bins=16) != codec
+    assert NotesCodec(time_bins=16, grid="log") != codec and metrical != codec
 
 
 @settings(max_examples=100, deadline=None)
@@ -224,7 +275,7 @@ def test_augment_transposes_exactly_and_folds():
 def test_a_small_stretch_moves_tokens_when_dt_is_jittered_within_its_bin():
     import numpy as np
 
-    codec = NotesCodec()
+    codec = NotesCodec(grid="log")
     rng = np.random.default_rng(0)
     events = [NoteEvent(float(dt), 60 + i % 12, 90 if i % 2 == 0 else 0)
               for i, dt in enumerate(rng.uniform(0.05, 1.5, size=400))]

@@ -74,7 +74,7 @@ def test_bad_files_are_named_and_skipped_the_rest_prepared(tmp_path, capsys):
     lines = printed.splitlines()
     assert any(line.strip().startswith(f"{bad_mid}: not a readable MIDI file") for line in lines), printed
     assert any(line.strip().startswith(f"{bad_abc}: binary data") for line in lines), printed
-    assert "skipped: 2" in printed and "pieces: 7" in printed and "vocabulary 3660 tokens" in printed
+    assert "skipped: 2" in printed and "pieces: 7" in printed and "vocabulary 4575 tokens" in printed
 
     manifest = manifest_of(out)
     assert {s["source"] for s in manifest["skipped"]} == {bad_mid, bad_abc}

@@ -11,7 +11,8 @@ import pytest
 from ensemble.codecs.notes import NotesCodec
 from ensemble.server.style import AUTO_WINDOW, Style, StyleSettings, StyleTables, parse_scale
 
-CODEC = NotesCodec()
+CODEC = NotesCodec(grid="log")  # the first codec (its 1.75x bins are what most of this fixes)
+METRICAL = NotesCodec(velocity_levels=1)  # the shipped model's codec
 TABLES = StyleTables(CODEC)
 
 
@@ -49,6 +50,26 @@ def test_the_answer_keeps_the_players_tempo_and_note_values(bpm):
     assert on.when == pytest.approx(last + eighth)
     # a bin decodes to the player's commonest gap in it, not its log-centre (0.324 s)
     assert CODEC.decode_token(token(0.25)).dt == pytest.approx(0.3242, abs=1e-3)
+
+
+@pytest.mark.parametrize("bpm", [60, 90, 120, 200])
+def test_the_metrical_codec_plays_every_note_value_exactly_at_the_players_tempo(bpm):
+    tables = StyleTables(METRICAL)
+    style = Style(tables)
+    eighth = 30.0 / bpm
+    last = play(style, [i * eighth for i in range(16)])
+    assert style.scale == pytest.approx(eighth / 0.25)
+    # a hornpipe's dotted eighth and sixteenth, a jig's triplet eighths: bins of their own,
+    # each played as that note value of the player's tempo
+    for model_value in (0.375, 0.125, 1 / 6, 0.25, 0.5, 0.75, 1.0):
+        t = METRICAL.encode_event(model_value, 62, 0)
+        assert METRICAL.decode_token(t).dt == pytest.approx(model_value)
+        assert style.model_dt(t) == pytest.approx(model_value)
+    off = style.place(METRICAL.encode_event(0.375, 62, 0), last, last)
+    assert off.dt == pytest.approx(0.375 * style.scale)
+    # velocity_levels=1: a player's pp and ff are the same token (the model never heard
+    # dynamics); the answer's loudness comes from the player
+    assert style.hear(last + eighth, eighth, 60, 20) == style.hear(last + 2 * eighth, eighth, 60, 120)
 
 
 def test_a_bin_decodes_to_the_players_commonest_gap_in_it():

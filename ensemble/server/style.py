@@ -396,7 +396,8 @@ class Style:
         self._last_on = on
         token = codec.encode_event(model_dt, pitch, velocity)
         b = self.t.bin_of[token]
-        if 0 < b < self.t.last_bin:
+        if 0 < b < self.t.last_bin and len(self.iois) >= SETTLE:
+            # (only once their tempo is known: before that, model time is not yet theirs)
             self._gap(b, model_dt)
         if velocity > 0:
             self._onset(now, pitch, velocity)
