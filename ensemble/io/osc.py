@@ -30,9 +30,7 @@ import json
 import logging
 import socket
 
-from pythonosc.osc_message_builder import OscMessageBuilder
-
-from ensemble.io.datagram import BadDatagram, parse
+from ensemble.io.datagram import BadDatagram, encode, parse
 from ensemble.io.limits import Admission, QuietLog, RateLimiter
 from ensemble.messages import (ControlError, EventError, Goodbye, Hello, Origin, Panic, Play, Reset, SetMode,
                                SetParam, StatusRequest)
@@ -102,10 +100,11 @@ def check_arguments(address: str, args: list) -> list:
 
 
 def build(address: str, args: list) -> bytes:
-    b = OscMessageBuilder(address)
-    for a in args:
-        b.add_arg(a, "i" if isinstance(a, int) else "f" if isinstance(a, float) else "s")
-    return b.build().dgram
+    """One OSC message (int -> i, float -> f, str -> s), as python-osc's builder writes it."""
+    return encode(address, args)
+
+
+HOSTS_CACHED = 1024  # numeric hosts remembered with their parsed address (a table a sender grows)
 
 
 class OscOutput:
@@ -125,7 +124,8 @@ class OscOutput:
             args = [performer, int(values[0]), seq]
         else:
             args = [performer, *values, seq]
-        self.server.send(self.address, f"/ensemble/{kind}", args)
+        # (an output's address was checked when it was made: allowed, and not our own)
+        self.server._send_bytes(self.address, build(f"/ensemble/{kind}", args), kind, checked=True)
 
     def describe(self) -> dict:
         return {"type": "osc", "host": self.address[0], "port": self.address[1], "name": self.name}
@@ -149,6 +149,7 @@ class OscServer:
         self.quiet = QuietLog(log, cfg.error_rate, burst=2 * cfg.error_rate)  # errors + log lines per source
         self.admission = Admission(cfg.allow, cfg.rate_limit, self.loopback, self.quiet)
         self.lookups: dict[tuple[str, int], tuple] = {}      # (host, port) -> numeric address
+        self._hosts: dict[str, tuple] = {}  # numeric host -> (ip address, admin?): parsed once, not per packet
         self.looking_up = 0
         self.received = self.rejected = self.malformed = self.ignored = self.errors = 0
         conductor.attach(self)
@@ -184,9 +185,22 @@ class OscServer:
             pass
         return found
 
-    def _is_own(self, address: tuple) -> bool:
-        ip = ip_of(address[0])
-        return address[1] == self.port and (ip.is_loopback or ip.is_unspecified or (address[0], self.port) in self.own)
+    def _host(self, host: str) -> tuple:
+        """(ip address, admin?) of a numeric host, from a bounded cache: parsing an address
+        costs ~15 us, and every packet and reply would otherwise parse its own."""
+        known = self._hosts.get(host)
+        if known is None:
+            ip = ip_of(host)
+            if len(self._hosts) >= HOSTS_CACHED:
+                self._hosts.clear()
+            known = self._hosts[host] = (ip, any(ip in net for net in self.admin))
+        return known
+
+    def _is_own(self, address: tuple, ip=None) -> bool:
+        if address[1] != self.port:
+            return False
+        ip = ip if ip is not None else self._host(address[0])[0]
+        return ip.is_loopback or ip.is_unspecified or (address[0], self.port) in self.own
 
     def close(self) -> None:
         if self.sock is not None:
@@ -213,39 +227,39 @@ class OscServer:
         finally:
             self.conductor.flush()  # what the good packets asked for is answered, whatever came with them
 
-    def _admitted(self, addr) -> bool:
-        if self._is_own(addr):  # our own answers, reflected back: never a conversation
+    def _admitted(self, addr, ip) -> bool:
+        if self._is_own(addr, ip):  # our own answers, reflected back: never a conversation
             self.ignored += 1
             return False
-        if not self.admission.heard(ip_of(addr[0]), addr):
+        if not self.admission.heard(ip, addr):
             self.rejected += 1
             return False
         return True
 
     def datagram(self, data: bytes, addr) -> None:
         self.received += 1
-        if not self._admitted(addr):
+        ip, admin = self._host(addr[0])
+        if not self._admitted(addr, ip):
             return
-        source = f"osc:{addr[0]}:{addr[1]}"
         try:
             messages = parse(data)
         except BadDatagram as exc:
             self.malformed += 1
             self._error(addr, None, "?", f"malformed OSC packet ({exc})", len(data))
             return
+        # default admin: this machine
+        origin = Origin(f"osc:{addr[0]}:{addr[1]}", addr[0], admin=admin)
         for address, args in messages:
             try:
-                self.message(address, args, addr, source, len(data))
+                self.message(address, args, addr, origin, len(data))
             except Exception:  # a bug must cost one message, never the server
-                log.exception("internal error on %s from %s", address, source)
+                log.exception("internal error on %s from %s", address, origin.source)
 
-    def message(self, address: str, args: list, addr, source: str, size: int = 0) -> None:
+    def message(self, address: str, args: list, addr, origin: Origin, size: int = 0) -> None:
         if is_reply(address, args):
             self.ignored += 1  # never answered: another server's output, or a loop in the making
             return
         performer = args[0] if args and isinstance(args[0], str) else None
-        ip = ip_of(addr[0])
-        origin = Origin(source, addr[0], admin=any(ip in net for net in self.admin))  # default admin: this machine
         try:
             if address == "/ensemble/status" and args and isinstance(args[-1], bytes):
                 args = args[:-1]  # padding, so a status reply may be larger than a bare request
@@ -332,7 +346,7 @@ class OscServer:
             if len(self.lookups) >= LOOKUP_CACHE:
                 self.lookups.pop(next(iter(self.lookups)))
             self.lookups[key] = numeric
-            self.message("/ensemble/hello", [args[0], *numeric], addr, origin.source, size)
+            self.message("/ensemble/hello", [args[0], *numeric], addr, origin, size)
         except (OSError, UnicodeError, asyncio.TimeoutError, IndexError) as exc:
             reason = "no answer in time" if isinstance(exc, asyncio.TimeoutError) else str(exc)
             self._error(addr, args[0], "/ensemble/hello", f"reply host {host!r} cannot be resolved ({reason})", size)
@@ -405,8 +419,8 @@ class OscServer:
     def send(self, address: tuple, osc_address: str, args: list) -> None:
         self._send_bytes(address, build(osc_address, args), osc_address)
 
-    def _send_bytes(self, address: tuple, data: bytes, what: str) -> None:
-        if self.sock is None or self._is_own(address):
+    def _send_bytes(self, address: tuple, data: bytes, what: str, checked: bool = False) -> None:
+        if self.sock is None or (not checked and self._is_own(address)):
             return
         try:
             self.sock.sendto(data, address)

@@ -10,9 +10,13 @@ event line has:
     {"t": 12.3456, "dir": "in", "performer": "alice", "kind": "note",
      "values": [60, 100], "source": "osc:127.0.0.1:53122", "seq": null, "token": 1234}
 
-`t` is seconds since the session started (monotonic clock). Lines are buffered and
-flushed to the operating system at least every `flush_interval` (100 ms): a crash of
-the server loses at most that much; `close` also fsyncs. Files rotate at `rotate_bytes`.
+`t` is seconds since the session started (monotonic clock), taken when the event is
+recorded. With a loop, the line is written (formatted as JSON, into the file's buffer)
+in a callback right after the current one, so the answer to a performer's event goes
+out before its line is formatted: ~10 us per line off the hot path, the same work in
+all. Lines are flushed to the operating system at least every `flush_interval`
+(100 ms): a crash of the server loses at most that much; `close` also fsyncs. Files
+rotate at `rotate_bytes`.
 `ensemble prepare --input recordings/` reads these logs back as a corpus.
 """
 
@@ -45,6 +49,7 @@ class Recorder:
         self._dirty = False
         self._timer = None
         self._part = 0
+        self._pending: list[dict] = []  # recorded, not yet written (the loop writes them next)
 
     def open(self) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -67,17 +72,30 @@ class Recorder:
                 "kind": kind, "values": list(values), "source": source, "seq": seq}
         if token is not None:
             item["token"] = token  # exactly what the model was fed
-        try:
-            self.file.write(json.dumps(item) + "\n")
-        except (OSError, ValueError) as exc:  # a full disk must not stop the music
-            self.failed += 1
-            if self.failed == 1:
-                log.error("recorder: cannot write %s: %s (recording goes on trying)", self.path, exc)
+        self._pending.append(item)
+        if self.loop is None:
+            self._write_pending()
+        elif len(self._pending) == 1:
+            self.loop.call_soon(self._write_pending)
+
+    def _write_pending(self) -> None:
+        items, self._pending = self._pending, []
+        if self.file is None:
             return
-        self.lines += 1
-        self._dirty = True
+        for item in items:
+            try:
+                self.file.write(json.dumps(item) + "\n")
+            except (OSError, ValueError) as exc:  # a full disk must not stop the music
+                self.failed += 1
+                if self.failed == 1:
+                    log.error("recorder: cannot write %s: %s (recording goes on trying)", self.path, exc)
+                continue
+            self.lines += 1
+            self._dirty = True
 
     def flush(self) -> None:
+        if self._pending:
+            self._write_pending()
         if self.file is not None and self._dirty:
             self._dirty = False
             self.file.flush()
@@ -98,6 +116,8 @@ class Recorder:
             self._timer = self.loop.call_later(self.flush_interval, self._tick)  # (a rotation may have set it)
 
     def _close_file(self) -> None:
+        if self._pending:
+            self._write_pending()
         if self.file is not None:
             self.file.flush()
             os.fsync(self.file.fileno())
