@@ -145,7 +145,7 @@ def run_piece(ckpt, tables, notes, variants, settings, args, rng):
                 stream[i] = placed.when
                 now[i] = placed.when + LOOP_DELAY  # the server plans the next event just after this one
                 pitch, velocity = placed.values
-                if velocity > 0:
+                if velocity > 0 and not style.rests(rng):
                     answers[i].append((placed.when, pitch, velocity))
             logits, state = ckpt.model.step(torch.tensor(tokens), state)
             logits = logits.numpy()

@@ -206,10 +206,61 @@ def test_density_and_velocity_range_are_exact():
     assert min(np.diff(onsets)) >= 0.25 - 1e-9
 
 
+@pytest.mark.parametrize("rest", [0.0, 0.5, 1.0])
+def test_rest_leaves_out_that_share_of_the_machines_notes_and_never_an_unpaired_off(notes_model, rest):
+    import asyncio
+
+    from ensemble import checkpoint
+    from ensemble.server.conductor import Conductor
+    from ensemble.server.config import ServerConfig
+    from ensemble.server.style import Placed
+
+    class Collect:
+        name = "collect"
+
+        def __init__(self):
+            self.sent = []
+
+        def send(self, performer, kind, values, seq):
+            self.sent.append(values)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        cfg = ServerConfig(model=str(notes_model), port=0, record="", snapshot="", seed=3, default_mode="listen")
+        conductor = Conductor(checkpoint.load_live(notes_model), cfg, loop)
+        out = Collect()
+        p = conductor.hello("ria", out)
+        conductor.set_parameter("ria", "rest", rest)
+        p.generating = True
+        codec = conductor.codec
+        for k in range(200):  # the machine's stream, as the conductor plays it: an on, then its off
+            pitch = 60 + k % 7
+            for velocity in (80, 0):
+                token = codec.encode_event(0.25, pitch, velocity)
+                conductor._play_machine_event(p, token, Placed(loop.time(), "note", 0.25, (pitch, velocity)),
+                                              loop.time())
+                conductor.flush()
+                p.next_event.cancel()  # (what the conductor planned next is not part of this test)
+        conductor.shutdown()
+        return list(out.sent)
+
+    sent = asyncio.run(main())
+    ons = [v for v in sent if v[1] > 0]
+    offs = [v for v in sent if v[1] == 0]
+    assert len(offs) == len(ons)  # every sounded note ended, no off without its on
+    if rest == 0.0:
+        assert len(ons) == 200
+    elif rest == 1.0:
+        assert ons == []
+    else:
+        assert 70 <= len(ons) <= 130  # binomial(200, 0.5): 5 sigma either side
+
+
 def test_settings_are_checked_and_parsed():
     s = StyleSettings.from_dict({"low": "48", "high": 84.0, "scale": " d   Dorian ", "density": 3})
     assert (s.low, s.high, s.scale, s.density) == (48, 84, "d Dorian", 3.0)
-    for bad in ({"low": 200}, {"low": 1.5}, {"scale": 3}, {"follow": 2}, {"colour": 1}, {"vel_low": 0}):
+    for bad in ({"low": 200}, {"low": 1.5}, {"scale": 3}, {"follow": 2}, {"colour": 1}, {"vel_low": 0},
+                {"rest": 1.5}, {"rest": -0.1}):
         with pytest.raises(ValueError):
             StyleSettings.from_dict(bad)
 

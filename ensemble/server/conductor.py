@@ -330,7 +330,10 @@ class Conductor:
                 (rest if e.performer.slot in seen else batch).append(e)
                 seen.add(e.performer.slot)
             self.pending = rest
-            logits = self.engine.step([e.performer.slot for e in batch], [e.token for e in batch])
+            if len(batch) == 1:  # the usual case: no batch arrays to build and check
+                logits = self.engine.step_one(batch[0].performer.slot, batch[0].token)[None]
+            else:
+                logits = self.engine.step([e.performer.slot for e in batch], [e.token for e in batch])
             self.steps += 1
             self.revision += 1
             self.batched_events += len(batch)
@@ -424,7 +427,8 @@ class Conductor:
         if not p.generating or not self._present(p):
             return
         p.stream_time = when  # planned time, so timing does not drift
-        self._emit(p, event)
+        if not (p.style is not None and event.values[1] > 0 and p.style.rests(p.rng)):
+            self._emit(p, event)  # (a rest: not sounded; its note-off then finds nothing to end)
         self.pending.append(Pending(p, token, own=True))
         self._flush_later()
 

@@ -26,7 +26,8 @@ path, without retraining and without changing the codec (so every model keeps lo
   ones. The model has never heard dynamics, so its velocity bin is not used.
 - **Steering** (`/ensemble/set`, or the `[style]` table of the server config): pitch
   range, scale (a named scale or ``auto``: the pitch classes of the player's last 32
-  notes), velocity range, density (notes per second at most) and overlap. Pitch,
+  notes), velocity range, density (notes per second at most, or ``rest``: the chance
+  that a note is left out) and overlap. Pitch,
   scale and overlap become ONE boolean mask over the packed vocabulary, built when a
   setting (or the auto scale's pitch-class set) changes and passed to the sampler as
   it is: nothing is added per event. Velocity range and density are exact too, applied
@@ -159,6 +160,7 @@ SETTINGS = {
     "vel_low": _number(1, 127, integer=True),    # softest velocity it may play
     "vel_high": _number(1, 127, integer=True),   # loudest
     "density": _number(0, 1000),                 # notes per second at most (0: no limit)
+    "rest": _number(0, 1),                       # chance that a note the machine would play is a rest
     "overlap": _number(0, 1, integer=True),      # 0: one note at a time
     "follow": _number(0, 1, integer=True),       # 0: no tempo/pulse/dynamics following
     "tonal": _number(0, 8),                      # pull towards the player's key (0: off)
@@ -173,6 +175,7 @@ class StyleSettings:
     vel_low: int = 1
     vel_high: int = 127
     density: float = 0.0
+    rest: float = 0.0
     overlap: int = 1
     follow: int = 1
     tonal: float = 0.0
@@ -606,6 +609,13 @@ class Style:
         if when != placed.when:
             placed = Placed(when, placed.kind, placed.dt + when - placed.when, placed.values)
         return placed
+
+    def rests(self, rng) -> bool:
+        """Leave out the note the machine is about to play (a rest of its length)? With
+        probability ``rest``: the model still hears it (its phrase goes on), only the
+        sound is left out, so the answer thins out without losing its place in the bar."""
+        r = self.settings.rest
+        return r > 0.0 and rng.random() < r
 
     def answer(self, token: int, now: float) -> tuple[int, int]:
         """Duet: the note to answer with now (pitch, velocity)."""
