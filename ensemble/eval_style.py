@@ -39,8 +39,6 @@ from ensemble.errors import UserError
 
 LEVELS = (("pp", 40), ("mf", 72), ("f", 104))
 ACCENT = 16
-LOOP_DELAY = 0.001  # seconds between a machine event and the planning of the next (a step, a send)
-FIRST_DT = 4.0  # as the conductor: a performer's first event comes "after a long pause"
 
 
 def kk_key(pitches) -> int | None:
@@ -111,44 +109,15 @@ def player(notes, semitones: int, bpm: float, level: int, count: int, gate: floa
 
 def run_piece(ckpt, tables, notes, variants, settings, args, rng):
     """One piece in every (semitones, bpm, level) variant, batched; returns one dict per variant."""
-    import torch
-
-    from ensemble.sampling import SamplingSettings, sample
+    from ensemble.continuation import respond
+    from ensemble.sampling import SamplingSettings
     from ensemble.server.style import Style
 
-    B = len(variants)
     styles = [Style(tables, dict(settings)) for _ in variants]
     plays = [player(notes, k, bpm, level, args.prime_notes, args.gate) for k, bpm, level in variants]
-    primes = []
-    for style, events in zip(styles, plays):
-        tokens, last = [], None
-        for now, pitch, velocity in events:
-            dt = FIRST_DT if last is None else now - last
-            tokens.append(style.hear(now, dt, pitch, velocity))
-            last = now
-        primes.append(tokens)
     sampling = SamplingSettings(args.temperature, args.top_k, args.top_p)
-    with torch.inference_mode():
-        logits, state = ckpt.model(torch.tensor(primes), None)
-        logits = logits[:, -1].numpy()
-        stream = [events[-1][0] for events in plays]
-        now = [t + args.threshold for t in stream]
-        answers = [[] for _ in range(B)]
-        vocab = tables.codec.vocab_size
-        no_mask = np.zeros(vocab, dtype=bool)
-        for _ in range(args.length):
-            mask = np.stack([s.mask if s.mask is not None else no_mask for s in styles])
-            logits = np.stack([s.steer(row) for s, row in zip(styles, logits)])
-            tokens = sample(logits, sampling, rng, mask if mask.any() else None)
-            for i, (style, token) in enumerate(zip(styles, tokens)):
-                placed = style.place(int(token), stream[i], now[i])
-                stream[i] = placed.when
-                now[i] = placed.when + LOOP_DELAY  # the server plans the next event just after this one
-                pitch, velocity = placed.values
-                if velocity > 0 and not style.rests(rng):
-                    answers[i].append((placed.when, pitch, velocity))
-            logits, state = ckpt.model.step(torch.tensor(tokens), state)
-            logits = logits.numpy()
+    answers = [[e for e in placed if e[2] > 0]
+               for placed in respond(ckpt.model, styles, plays, args.length, sampling, rng, args.threshold)]
     out = []
     for (k, bpm, level), events, answer in zip(variants, plays, answers):
         ons = [(t, p, v) for t, p, v in events if v > 0]

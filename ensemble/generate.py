@@ -6,6 +6,11 @@ temperature / top-k / top-p; greedy decoding only with --greedy. What a prime is
 where the output goes depends on the codec: text and ABC primes are the --prime text
 itself, or the file it names when one exists (ABC: one tune of it), and the output is
 printed; MIDI codecs (`notes`, `performance`) read a .mid prime and write --out FILE.mid.
+
+A `notes` model primed with MIDI answers as the server does (`ensemble.continuation`):
+the prime is heard through the style follower, so the continuation keeps its tempo,
+pulse and dynamics, and the style settings of `/ensemble/set` steer it (`--set
+scale=auto`); `--no-follow` writes the plain codec's continuation instead.
 """
 
 from __future__ import annotations
@@ -143,6 +148,50 @@ def generate(ckpt: checkpoint.Checkpoint, prime: list[int], length: int, setting
     return out
 
 
+def style_tables(codec):
+    """The style follower's tables for a codec the server follows players with, else None."""
+    from ensemble.server.events import NotServable, adapter_for
+
+    try:
+        adapter = adapter_for(codec)
+    except NotServable:
+        return None
+    return adapter.style_tables() if hasattr(adapter, "style_tables") else None
+
+
+def follow_prime(ckpt, tables, args, settings: SamplingSettings):
+    """The MIDI prime played to the model as a performer plays it, and the answer placed as
+    the server places it: (MIDI file of the continuation, events in it)."""
+    from ensemble.codecs.midi_notes import notes_from_midi
+    from ensemble.codecs.notes import NoteEvent, from_notes
+    from ensemble.continuation import respond
+    from ensemble.server.style import SETTINGS, Style
+
+    values = {}
+    for item in args.set or []:
+        name, _, value = item.partition("=")
+        if name not in SETTINGS:
+            raise UserError(f"--set {item}: unknown style setting; known: {', '.join(SETTINGS)}")
+        values[name] = value
+    try:
+        style = Style(tables, values)
+    except ValueError as exc:
+        raise UserError(f"--set: {exc}") from None
+    events, now = [], 0.0
+    for e in from_notes(notes_from_midi(read_midi(args.prime, "--prime"))):
+        now += e.dt
+        events.append((now, e.pitch, e.velocity))
+    if not events:
+        raise UserError(f"--prime {args.prime}: no notes in it")
+    answer = respond(ckpt.model, [style], [events], args.length, settings, np.random.default_rng(args.seed),
+                     threshold=0.0)[0]
+    out, previous = [], events[-1][0]
+    for when, pitch, velocity in answer:
+        out.append(NoteEvent(when - previous, pitch, velocity))
+        previous = when
+    return ckpt.codec.to_midi(out), len(out)
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="sample a continuation from a trained model",
@@ -162,6 +211,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tune", metavar="N", help="ABC models: prime with tune X:N of the --prime file or text")
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
     p.add_argument("--out", help="write the output to this file (.mid for MIDI models) instead of stdout")
+    p.add_argument("--no-follow", action="store_true",
+                   help="notes models: continue a MIDI prime with the plain codec's times and velocities, "
+                        "not the prime's tempo, pulse and dynamics (as the server answers)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="notes models with a MIDI prime: a style setting, as /ensemble/set takes it "
+                        "(scale=auto, tonal=3, low=48, rest=0.2 ...)")
     p.set_defaults(func=run)
 
 
@@ -175,14 +230,23 @@ def run(args) -> int:
     ckpt = checkpoint.load(args.model)
     codec = ckpt.codec
     torch.set_num_threads(1)
+    if args.set and codec.input_kind != "notes":
+        raise UserError(f"--set steers the answer to a MIDI prime; this is {a_or_an(codec.name)} model")
     prime = prime_tokens(codec, args.prime, args.tune)
     if codec.input_kind == "notes":
         if not args.out:
             raise UserError(f"{a_or_an(codec.name)} model makes MIDI: give --out FILE.mid")
-        tokens = generate(ckpt, prime, args.length, settings, args.seed)
-        midi = codec.decode_midi(tokens)
+        tables = style_tables(codec)
+        if args.prime and tables is not None and not args.no_follow:
+            midi, count = follow_prime(ckpt, tables, args, settings)
+            how = "following the prime's tempo, pulse and dynamics"
+        else:
+            if args.set:
+                raise UserError("--set needs a --prime to follow (and no --no-follow)")
+            tokens = generate(ckpt, prime, args.length, settings, args.seed)
+            midi, count, how = codec.decode_midi(tokens), len(tokens), "plain codec"
         midi.save(args.out)
-        print(f"wrote {args.out}: {len(tokens)} tokens, {midi.length:.1f} s", file=sys.stderr)
+        print(f"wrote {args.out}: {count} events, {midi.length:.1f} s ({how})", file=sys.stderr)
         return 0
     if codec.input_kind == "text" and not args.out:
         # stream characters as they come, like char-rnn

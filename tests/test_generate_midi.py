@@ -57,3 +57,46 @@ def test_generated_midi_is_audible_and_every_note_ends(notes_model, tmp_path):
     subprocess.run(ENSEMBLE + ["generate", "--model", str(notes_model), "--out", str(again), "--length", "200",
                                "--seed", "1"], check=True, capture_output=True, timeout=120)
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_a_midi_prime_is_continued_at_its_tempo_and_loudness(notes_model, tmp_path):
+    """As the server answers: the prime heard through the style follower, the answer placed at
+    the prime's tempo and pulse and played at its loudness; --no-follow is the plain codec."""
+    import numpy as np
+
+    prime = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    prime.tracks.append(track)
+    track.append(mido.MetaMessage("set_tempo", tempo=500000))  # 120 qpm: 480 ticks = 0.5 s
+    for k in range(24):  # eighths at 60 qpm (0.5 s apart), soft
+        pitch = [62, 64, 66, 67, 69, 71, 73, 74][k % 8]
+        track.append(mido.Message("note_on", note=pitch, velocity=40, time=0))
+        track.append(mido.Message("note_off", note=pitch, time=480))
+    path = tmp_path / "prime.mid"
+    prime.save(path)
+
+    def answer(*extra):
+        out = tmp_path / f"answer{len(extra)}.mid"
+        r = subprocess.run(ENSEMBLE + ["generate", "--model", str(notes_model), "--prime", str(path), "--out", str(out),
+                                       "--length", "120", "--seed", "2", *extra], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+        midi = mido.MidiFile(out)
+        assert notes_without_off(midi) == []
+        t, ons = 0.0, []
+        for m in midi:
+            t += m.time
+            if m.type == "note_on" and m.velocity > 0:
+                ons.append((t, m.velocity))
+        times = np.array([o[0] for o in ons])
+        iois = np.diff(times)
+        return np.median(iois[iois > 0.015]), [v for _, v in ons], r.stderr
+
+    followed_ioi, followed_velocities, said = answer()
+    plain_ioi, plain_velocities, _ = answer("--no-follow")
+    assert "following the prime" in said
+    assert followed_ioi > 1.6 * plain_ioi  # the prime is at half the model's tempo
+    assert max(followed_velocities) <= 48 and min(plain_velocities) >= 64  # pp answered at pp
+    r = subprocess.run(ENSEMBLE + ["generate", "--model", str(notes_model), "--prime", str(path), "--out",
+                                   str(tmp_path / "x.mid"), "--set", "colour=blue"], capture_output=True, text=True)
+    assert r.returncode == 1 and "unknown style setting" in r.stderr and len(r.stderr.strip().splitlines()) == 1
