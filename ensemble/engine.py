@@ -55,7 +55,7 @@ from ensemble.sampling import Sampler, SamplingSettings, sample  # noqa: F401 - 
 if TYPE_CHECKING:
     from ensemble.model import TokenRNN
 
-KINDS = ("numpy", "torch")
+KINDS = ("numpy", "torch", "int8")
 AnyModel = Union["TokenRNN", ModelWeights]
 
 
@@ -598,17 +598,25 @@ class TorchEngine(Engine):
         return logits.numpy()
 
 
-# each model type's live engines, by kind
-ENGINES = {TOKEN_RNN: {"numpy": NumpyEngine, "torch": TorchEngine}}
+# each model type's live engines, by kind; a "module:Class" string is imported when asked
+# for (the int8 engine needs onnxruntime, an optional extra)
+ENGINES = {TOKEN_RNN: {"numpy": NumpyEngine, "torch": TorchEngine, "int8": "ensemble.engine_int8:Int8Engine"}}
 
 
 def make_engine(model: AnyModel, kind: str = "numpy", slots: int = 16) -> Engine:
-    """An engine of `kind` ("numpy" for live use, "torch" for reference) with `slots` slots,
-    for a torch TokenRNN or a ModelWeights (whose model type picks the engine class)."""
+    """An engine of `kind` ("numpy" for live use, "int8" for big models, "torch" for
+    reference) with `slots` slots, for a torch TokenRNN or a ModelWeights (whose model
+    type picks the engine class)."""
     engines = ENGINES[getattr(model, "model_type", TOKEN_RNN)]
     if kind not in engines:
         raise ValueError(f"engine kind must be one of {', '.join(engines)}, got {kind!r}")
-    return engines[kind](model, slots)
+    engine = engines[kind]
+    if isinstance(engine, str):
+        import importlib
+
+        module, _, name = engine.partition(":")
+        engine = getattr(importlib.import_module(module), name)
+    return engine(model, slots)
 
 
 # ------------------------------------------------------------------- numpy's BLAS threads

@@ -331,3 +331,6 @@ def add_parser(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", metavar="FILE", help="write every variant's figures and the summary here")
     s.set_defaults(func=run)
+    from ensemble.eval_loss import add_parser as add_loss
+
+    add_loss(sub)

@@ -6,7 +6,7 @@ exit code out). `step` lives here; the others are modules of this package (`serv
 `fuzz`, `train`, `midi`, `web`), imported only when they run. To add one, write its
 module with `add_arguments` and `run` and append a `Benchmark` to the table.
 
-    ensemble bench step [--model DIR] [--engine numpy|torch|both] [--batch 1 16] ...
+    ensemble bench step [--model DIR] [--engine numpy|int8|torch|both|all] [--batch 1 16] ...
 
 `bench step` samples with the server's own defaults (`ServerConfig`: top-p 0.95, ...)
 unless told otherwise, so it measures what `ensemble serve` does per event, and prints
@@ -102,6 +102,8 @@ def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
 def weight_bytes(engine) -> int:
     """Bytes of weights one step of one slot reads: every gate matrix, the output layer
     and one embedding row (0 for engines that do not say)."""
+    if hasattr(engine, "weight_bytes"):  # engines that count their own (int8: one byte a weight)
+        return int(engine.weight_bytes)
     weights = getattr(engine, "weights", None)
     if weights is None:
         return 0
@@ -146,8 +148,10 @@ def _step_arguments(p: argparse.ArgumentParser) -> None:
 
     served = ServerConfig()
     p.add_argument("--model", metavar="DIR", help="model folder to load; default: a random TokenRNN (below)")
-    p.add_argument("--engine", choices=["numpy", "torch", "both"], default="numpy",
-                   help="default: numpy (what the server runs); torch is the reference")
+    p.add_argument("--engine", choices=["numpy", "int8", "torch", "both", "all"], default="numpy",
+                   help="default: numpy (what the server runs); int8: int8 weights through onnxruntime "
+                        "(pip install 'ensemble[int8]'); torch is the reference; both: numpy and torch; "
+                        "all: the three")
     p.add_argument("--iterations", type=int, default=2000, metavar="N", help="timed calls per case (default 2000)")
     p.add_argument("--warmup", type=int, default=200, metavar="N", help="untimed calls first (default 200)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16], metavar="B",
@@ -237,7 +241,7 @@ def bench_step(args: argparse.Namespace) -> int:
             return error(str(exc))
         source = "random weights"
     cfg = model.config
-    kinds = ["numpy", "torch"] if args.engine == "both" else [args.engine]
+    kinds = {"both": ["numpy", "torch"], "all": ["numpy", "int8", "torch"]}.get(args.engine, [args.engine])
     mask = None
     if args.mask_fraction > 0:
         mask = np.random.default_rng(args.seed).random(cfg.vocab_size) < args.mask_fraction

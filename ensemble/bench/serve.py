@@ -242,7 +242,7 @@ def add_arguments(p) -> None:
     p.add_argument("--performers", type=int, default=16, help="performers in the load run")
     p.add_argument("--rate", type=float, default=50.0, help="events per second per performer in the load run")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the load run")
-    p.add_argument("--engine", choices=["numpy", "torch"], help="the server's inference engine")
+    p.add_argument("--engine", choices=["numpy", "int8", "torch"], help="the server's inference engine")
     p.add_argument("--startups", type=int, default=5, help="extra cold starts timed to the ready line (default 5)")
 
 

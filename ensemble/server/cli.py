@@ -229,7 +229,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--temperature", type=float, help=f"sampling temperature (default {d.temperature})")
     p.add_argument("--top-p", type=float, help=f"nucleus sampling (default {d.top_p})")
     p.add_argument("--threshold", type=float, help=f"respond mode: seconds of silence before answering (default {d.threshold})")
-    p.add_argument("--engine", choices=["numpy", "torch"], help=f"inference engine (default {d.engine})")
+    p.add_argument("--engine", choices=["numpy", "int8", "torch"],
+                   help=f"inference engine (default {d.engine}; int8: int8 weights through onnxruntime, for big "
+                        f"models, pip install 'ensemble[int8]')")
     p.add_argument("--seed", type=int, help="fixed seed: each performer's predictions become reproducible")
     p.add_argument("--web", metavar="[HOST:]PORT",
                    help="serve the browser page and its WebSocket here (host default 127.0.0.1; wider needs --allow)")

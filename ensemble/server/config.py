@@ -57,7 +57,7 @@ class ServerConfig:
     max_note: float = setting(2.0, low=0, low_open=True, high=60)  # seconds: no predicted note lasts longer
     gesture_interval: float = setting(1.0, low=0.05, high=60)  # gesture models: seconds between band steps
     idle_timeout: float = setting(3600.0, low=1, high=7 * 86400)  # seconds without events before a performer is dropped
-    engine: str = setting("numpy", choices=("numpy", "torch"))
+    engine: str = setting("numpy", choices=("numpy", "int8", "torch"))
     seed: int | None = None              # fixed seed: predictions reproducible per performer
     midi: dict = setting(default_factory=dict)  # [midi] table, read by the MIDI layer
     style: dict = setting(default_factory=dict)  # [style] table: every performer's style settings at hello

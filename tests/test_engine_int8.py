@@ -1,0 +1,119 @@
+"""The int8 engine (onnxruntime) against the torch model: close logits, the same loss.
+
+int8 weights cannot give the very logits float32 gives; what must hold is that they
+change what the model predicts by a measured, small amount: every cell and depth, slots
+stepped in shuffled groups (one at a time and batched), and the validation loss of real
+trained models within 0.01 nats/token of the float32 engine's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the int8 engine needs onnxruntime (pip install 'ensemble[int8]')")
+pytest.importorskip("onnx", reason="the int8 engine needs onnx (pip install 'ensemble[int8]')")
+
+from test_engine import random_schedule, reference_run, tiny_model  # noqa: E402
+
+from ensemble.engine import make_engine  # noqa: E402
+from ensemble.engine_int8 import BLOCK, dequantize, quantize  # noqa: E402
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_int8_engine_predicts_what_the_model_predicts(cell, layers):
+    n_slots = 6
+    model = tiny_model(cell, layers, hidden=40, embedding=12)  # 12 + 40: blocks that K does not fill
+    schedule = random_schedule(n_slots, 40, model.config.vocab_size, seed=layers)
+    expected, final = reference_run(model, n_slots, schedule)
+    eng = make_engine(model, "int8", slots=n_slots)
+    assert eng.kind == "int8" and [eng.alloc_slot() for _ in range(n_slots)] == list(range(n_slots))
+    kl, worst, scale, agree = [], 0.0, 0.0, []
+    for (group, tokens), want in zip(schedule, expected):
+        got = eng.step(group, tokens)
+        assert got.shape == (len(group), model.config.vocab_size) and got.dtype == np.float32
+        p, q = softmax(want.astype(np.float64)), softmax(got.astype(np.float64))
+        kl += list((p * (np.log(p) - np.log(q))).sum(axis=1))
+        worst = max(worst, float(np.abs(got - want).max()))
+        scale = max(scale, float(np.abs(want).max()))
+        agree += list(got.argmax(axis=1) == want.argmax(axis=1))
+    # measured: KL 1e-5..3e-4 nats, max |difference| 0.6-2.6 % of the largest logit
+    assert np.mean(kl) < 2e-3 and max(kl) < 2e-2, f"{cell} x {layers}: KL mean {np.mean(kl):.2e} max {max(kl):.2e}"
+    assert worst < 0.05 * scale, f"{cell} x {layers}: max |logit difference| {worst:.4f} of {scale:.2f}"
+    assert np.mean(agree) > 0.9
+    for slot in range(n_slots):  # the states it carries stay close too (measured: at most 0.05 of 1)
+        diff = np.abs(eng.get_state(slot)["h"] - final.h[:, slot].numpy())
+        assert diff.max() < 0.1 and diff.mean() < 0.01
+
+
+def test_quantized_blocks_stand_for_the_weights():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((70, 9)) * np.linspace(0.01, 3, 9)  # columns of very different sizes
+    w[:, 4] = 0.0  # an all-zero column (a scale of 0 would divide by zero)
+    q, scale = quantize(w)
+    assert q.dtype == np.uint8 and q.shape == (9, -(-70 // BLOCK), BLOCK) and scale.shape == (9 * 3,)
+    back = dequantize(q, scale, 70)
+    assert back.shape == w.shape
+    per_block = np.repeat(scale.reshape(9, 3), BLOCK, axis=1)[:, :70].T
+    assert np.all(np.abs(back - w) <= per_block / 2 + 1e-7)  # within half a step of its block
+    assert np.all(back[:, 4] == 0.0) and np.all(q[:, -1, 70 - 2 * BLOCK:] == 128)  # padding is zero
+
+
+def test_int8_validation_loss_is_within_a_hundredth_of_a_nat(notes_model, text_run):
+    """What int8 costs a real trained model: the held-out loss through the engine."""
+    from ensemble import checkpoint
+    from ensemble.codecs.notes import NotesCodec
+    from ensemble.data import text_pieces
+    from ensemble.eval_loss import piece_losses
+
+    from conftest import melody_pieces
+
+    notes = [p.tokens for p in melody_pieces(NotesCodec(), n_pieces=8, seed=5)]  # unseen melodies
+    text_ckpt = checkpoint.load_live(text_run / "best")
+    text = [p.tokens for p in text_pieces("the quick brown fox jumps over the lazy dog.\n" * 40,
+                                          text_ckpt.codec, piece_chars=400)]
+    for model, pieces in ((checkpoint.load_live(notes_model).model, notes), (text_ckpt.model, text)):
+        losses = {}
+        for kind in ("numpy", "int8"):
+            nll, n = piece_losses(make_engine(model, kind, slots=4), pieces, batch=4)
+            losses[kind] = nll / n
+        assert abs(losses["int8"] - losses["numpy"]) < 0.01, losses
+
+
+def test_int8_states_are_the_numpy_engines_states(notes_model):
+    """Snapshots move between engines: the same bank layout, the same get/set."""
+    from ensemble import checkpoint
+
+    weights = checkpoint.load_live(notes_model).model
+    a, b = make_engine(weights, "numpy", slots=2), make_engine(weights, "int8", slots=2)
+    sa, sb = a.alloc_slot(), b.alloc_slot()
+    for token in (5, 17, 300, 2):
+        a.step_one(sa, token)
+    b.set_state(sb, a.get_state(sa))
+    got, want = b.step_one(sb, 9), a.step_one(sa, 9)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_eval_loss_compares_engines_on_a_corpus(notes_model, tmp_path):
+    import subprocess
+
+    from conftest import ENSEMBLE, melody_pieces
+    from ensemble.codecs.notes import NotesCodec
+    from ensemble.data import write_prepared
+
+    write_prepared(tmp_path / "corpus", NotesCodec(), melody_pieces(NotesCodec(), n_pieces=10, seed=9),
+                   val_fraction=0.3, seed=0)
+    r = subprocess.run(ENSEMBLE + ["eval", "loss", "--model", str(notes_model), "--data", str(tmp_path / "corpus"),
+                                   "--engine", "numpy", "int8", "torch"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    figures = {line.split(":")[0].strip(): float(line.split(":")[1].split()[0]) for line in r.stdout.splitlines()
+               if line.split(":")[0].strip() in ("numpy", "int8", "torch")}
+    assert set(figures) == {"numpy", "int8", "torch"}
+    assert abs(figures["numpy"] - figures["torch"]) < 1e-4 and abs(figures["int8"] - figures["numpy"]) < 0.01
+    assert "int8 - numpy" in r.stdout
