@@ -257,8 +257,29 @@ def model_card(name: str, config: dict) -> str:
         "",
         "## Validation",
         f"- loss: {_fmt(val.get('loss_nats'))} nats per token ({_fmt(val.get('loss_bits'))} bits)",
+    ]
+    if "loss_nats_per_note" in val:
+        lines.append(f"- per note: {_fmt(val['loss_nats_per_note'])} nats ({_fmt(val.get('tokens_per_note'), 1)} tokens a note)")
+    lines += [
         f"- accuracy: {_fmt(val.get('accuracy'))}",
         f"- after step {val.get('step', 'n/a')} of training",
+    ]
+    if "loss_nats_per_note" in val and val.get("note"):  # how the per-note figure compares
+        lines.append(f"- {val['note']}")
+    style = config.get("style")
+    if style:
+        lines += ["", "## Style (`ensemble eval style`)", "", f"`{style['command']}`: {style['what']}.", "",
+                  "| settings | key agreement (the tune's own) | notes in the key's scale | tempo ratio by bpm "
+                  "| phase error by bpm (ms) | in the prime's range | rhythm overlap | velocity at pp / mf / f |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, f in style["figures"].items():
+            v = f["answer_velocity"]
+            lines.append(
+                f"| {name} | {100 * f['key_agreement']:.1f} % ({100 * f['key_agreement_tune']:.1f} %) "
+                f"| {100 * f['in_scale']:.1f} % | {' / '.join(f'{x:.2f}' for x in f['tempo_ratio'].values())} "
+                f"| {' / '.join(str(x) for x in f['phase_ms'].values())} | {f['in_range']:.2f} | {f['rhythm']:.2f} "
+                f"| {' / '.join(f'{v[k]:.0f}' for k in ('pp', 'mf', 'f') if k in v)} |")
+    lines += [
         "",
         "## Training",
     ]
