@@ -27,6 +27,7 @@ and the other style settings steer as `/ensemble/set` would.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import sys
@@ -118,43 +119,144 @@ def run_piece(ckpt, tables, notes, variants, settings, args, rng):
     sampling = SamplingSettings(args.temperature, args.top_k, args.top_p)
     answers = [[e for e in placed if e[2] > 0]
                for placed in respond(ckpt.model, styles, plays, args.length, sampling, rng, args.threshold)]
+    return [judge(variant, events, answer, notes, args.prime_notes)
+            for variant, events, answer in zip(variants, plays, answers)]
+
+
+def judge(variant, events, answer, notes, prime_notes: int) -> dict:
+    """The figures of one answer (time, pitch, velocity of its note-ons) to one variant
+    (semitones, bpm, level) of a piece whose first `prime_notes` notes were played as
+    `events`; times of events and answer on one clock."""
+    k, bpm, level = variant
+    ons = [(t, p, v) for t, p, v in events if v > 0]
+    times = [t for t, _, _ in ons]
+    pulse, phase = _pulse(times)
+    r = {"semitones": k, "bpm": bpm, "level": level, "answer_notes": len(answer)}
+    prime_key = kk_key([p for _, p, _ in ons])
+    answer_key = kk_key([p for _, p, _ in answer])
+    r["prime_key"], r["answer_key"] = prime_key, answer_key
+    r["key_agree"] = None if prime_key is None or answer_key is None else float(prime_key == answer_key)
+    r["signature_agree"] = None if r["key_agree"] is None else float(key_classes(prime_key) == key_classes(answer_key))
+    if prime_key is not None and answer:
+        scale = key_classes(prime_key)
+        r["in_scale"] = float(np.mean([p % 12 in scale for _, p, _ in answer]))
+    # the ceiling: the tune's own next notes, judged the same way
+    later = sorted(notes, key=lambda n: (n.start, n.pitch))[prime_notes:prime_notes + len(answer)]
+    own_key = kk_key([n.pitch + k for n in later]) if len(later) >= 24 else None
+    r["key_agree_tune"] = None if prime_key is None or own_key is None else float(prime_key == own_key)
+    r["signature_agree_tune"] = None if r["key_agree_tune"] is None else float(key_classes(prime_key) == key_classes(own_key))
+    a_times = [t for t, _, _ in answer]
+    a_iois = _onset_iois(a_times)
+    p_iois = _onset_iois(times)
+    r["tempo_ratio"] = float(np.median(a_iois) / np.median(p_iois)) if len(a_iois) else None
+    if answer:
+        d = (np.asarray(a_times) - phase) % pulse
+        r["phase_ms"] = float(np.median(np.minimum(d, pulse - d)) * 1000)
+        lo, hi = min(p for _, p, _ in ons), max(p for _, p, _ in ons)
+        r["in_range"] = float(np.mean([lo <= p <= hi for _, p, _ in answer]))
+        r["velocity_diff"] = abs(float(np.median([v for *_, v in answer]) - np.median([v for *_, v in ons])))
+        r["answer_velocity"] = float(np.median([v for *_, v in answer]))
+        beat = 0.5 * 120.0 / bpm
+        r["accent_player"] = _accent([(t, v) for t, _, v in ons], beat)
+        r["accent_answer"] = _accent([(t, v) for t, _, v in answer], beat)
+    if len(a_iois):
+        r["rhythm"] = float(np.minimum(_rhythm_hist(a_iois, pulse), _rhythm_hist(p_iois, pulse)).sum())
+    return r
+
+
+class _Answers(asyncio.DatagramProtocol):
+    """The server's replies, each with its arrival time on this loop."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.notes: dict[str, list] = defaultdict(list)  # performer -> [(time, pitch, velocity)]
+        self.errors: list = []
+        self.changed = asyncio.Event()
+
+    def datagram_received(self, data, addr):
+        from ensemble.io.datagram import BadDatagram, parse
+
+        now = self.loop.time()
+        try:
+            messages = parse(data)
+        except BadDatagram:
+            return
+        for address, args in messages:
+            if address == "/ensemble/note" and len(args) == 4:
+                self.notes[args[0]].append((now, int(args[1]), int(args[2])))
+                self.changed.set()
+            elif address == "/ensemble/error":
+                self.errors.append(args)
+
+
+async def live_piece(port: int, notes, variants, settings: dict, args, tag: str) -> list[dict]:
+    """One piece in every variant at once, each variant a performer of a real server
+    (respond mode), played over OSC at real speed; the answers judged as offline."""
+    from ensemble.io.osc import build
+
+    loop = asyncio.get_running_loop()
+    transport, answers = await loop.create_datagram_endpoint(lambda: _Answers(loop), local_addr=("127.0.0.1", 0))
+    me = transport.get_extra_info("sockname")[1]
+    server = ("127.0.0.1", port)
+    send = lambda address, *a: transport.sendto(build(address, list(a)), server)  # noqa: E731
+    plays = [player(notes, k, bpm, level, args.prime_notes, args.gate) for k, bpm, level in variants]
+    ids = [f"{tag}-{i}" for i in range(len(variants))]
+    for pid in ids:
+        send("/ensemble/hello", pid, "127.0.0.1", me)
+        send("/ensemble/mode", pid, "respond")
+        send("/ensemble/set", pid, "threshold", float(args.threshold))
+        for name, value in settings.items():
+            send("/ensemble/set", pid, name, value if isinstance(value, str) else float(value))
+    start = loop.time() + 0.5
+    for pid, events in zip(ids, plays):
+        for t, pitch, velocity in events:
+            loop.call_at(start + t, send, "/ensemble/note", pid, pitch, velocity)
+    ends = {pid: start + events[-1][0] for pid, events in zip(ids, plays)}
+    deadline = max(ends.values()) + args.threshold + 4.0 * args.length  # a generous bound, never reached
+
+    def heard(pid):
+        return [e for e in answers.notes[pid] if e[0] > ends[pid]]
+
+    try:
+        while loop.time() < deadline and any(len(heard(pid)) < args.length for pid in ids):
+            answers.changed.clear()
+            try:
+                await asyncio.wait_for(answers.changed.wait(), timeout=max(0.1, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                break
+    finally:
+        for pid in ids:
+            send("/ensemble/goodbye", pid)
+        transport.close()
+    if answers.errors:
+        raise UserError(f"the server refused: {answers.errors[0]}")
     out = []
-    for (k, bpm, level), events, answer in zip(variants, plays, answers):
-        ons = [(t, p, v) for t, p, v in events if v > 0]
-        times = [t for t, _, _ in ons]
-        pulse, phase = _pulse(times)
-        r = {"semitones": k, "bpm": bpm, "level": level, "answer_notes": len(answer)}
-        prime_key = kk_key([p for _, p, _ in ons])
-        answer_key = kk_key([p for _, p, _ in answer])
-        r["prime_key"], r["answer_key"] = prime_key, answer_key
-        r["key_agree"] = None if prime_key is None or answer_key is None else float(prime_key == answer_key)
-        r["signature_agree"] = None if r["key_agree"] is None else float(key_classes(prime_key) == key_classes(answer_key))
-        if prime_key is not None and answer:
-            scale = key_classes(prime_key)
-            r["in_scale"] = float(np.mean([p % 12 in scale for _, p, _ in answer]))
-        # the ceiling: the tune's own next notes, judged the same way
-        later = sorted(notes, key=lambda n: (n.start, n.pitch))[args.prime_notes:args.prime_notes + len(answer)]
-        own_key = kk_key([n.pitch + k for n in later]) if len(later) >= 24 else None
-        r["key_agree_tune"] = None if prime_key is None or own_key is None else float(prime_key == own_key)
-        r["signature_agree_tune"] = None if r["key_agree_tune"] is None else float(key_classes(prime_key) == key_classes(own_key))
-        a_times = [t for t, _, _ in answer]
-        a_iois = _onset_iois(a_times)
-        p_iois = _onset_iois(times)
-        r["tempo_ratio"] = float(np.median(a_iois) / np.median(p_iois)) if len(a_iois) else None
-        if answer:
-            d = (np.asarray(a_times) - phase) % pulse
-            r["phase_ms"] = float(np.median(np.minimum(d, pulse - d)) * 1000)
-            lo, hi = min(p for _, p, _ in ons), max(p for _, p, _ in ons)
-            r["in_range"] = float(np.mean([lo <= p <= hi for _, p, _ in answer]))
-            r["velocity_diff"] = abs(float(np.median([v for *_, v in answer]) - np.median([v for *_, v in ons])))
-            r["answer_velocity"] = float(np.median([v for *_, v in answer]))
-            beat = 0.5 * 120.0 / bpm
-            r["accent_player"] = _accent([(t, v) for t, _, v in ons], beat)
-            r["accent_answer"] = _accent([(t, v) for t, _, v in answer], beat)
-        if len(a_iois):
-            r["rhythm"] = float(np.minimum(_rhythm_hist(a_iois, pulse), _rhythm_hist(p_iois, pulse)).sum())
-        out.append(r)
+    for variant, pid, events in zip(variants, ids, plays):
+        answer = [(t - start, p, v) for t, p, v in heard(pid)[: args.length] if v > 0]
+        out.append(judge(variant, events, answer, notes, args.prime_notes))
     return out
+
+
+def run_live(args, pieces, keys, tempos, settings) -> list[dict]:
+    """`--live`: a real `ensemble serve` process, every variant of a piece a performer."""
+    from ensemble.serverproc import start_server, stop_server
+
+    proc, port = start_server(["--port", "0", "--model", str(args.model), "--no-record", "--no-snapshot",
+                               "--seed", str(args.seed), "--temperature", str(args.temperature),
+                               "--top-p", str(args.top_p)])
+    rows = []
+    try:
+        for n, (source, notes) in enumerate(pieces):
+            variants = [(k, bpm, LEVELS[(i + j) % len(LEVELS)][1])
+                        for i, k in enumerate(keys) for j, bpm in enumerate(tempos)]
+            got = asyncio.run(live_piece(port, notes, variants, settings, args, f"p{n}"))
+            for r in got:
+                r["source"] = source
+            rows += got
+            print(f"  {n + 1}/{len(pieces)} pieces played", file=sys.stderr)
+    finally:
+        stop_server(proc)
+    return rows
 
 
 def held_out_sources(folder) -> set[str]:
@@ -282,7 +384,11 @@ def run(args) -> int:
     pieces = load_pieces(args.input, args.held_out, args.pieces, args.prime_notes, args.seed, ckpt.codec)
     rng = np.random.default_rng(args.seed)
     rows, started = [], time.monotonic()
-    for n, (source, notes) in enumerate(pieces):
+    if args.live:
+        if args.top_k:
+            raise UserError("--live plays through the server, which takes --top-k from /ensemble/set only; leave it 0")
+        rows = run_live(args, pieces, keys, tempos, settings)
+    for n, (source, notes) in enumerate(pieces if not args.live else []):
         variants = [(k, bpm, LEVELS[(i + j) % len(LEVELS)][1])
                     for i, k in enumerate(keys) for j, bpm in enumerate(tempos)]
         try:
@@ -295,7 +401,7 @@ def run(args) -> int:
     summary = summarize(rows)
     summary.update({"pieces": len(pieces), "keys": len(keys), "tempos": tempos, "settings": settings,
                     "length": args.length, "prime_notes": args.prime_notes, "seconds": round(time.monotonic() - started, 1)})
-    print(f"eval style: {args.model}, {len(pieces)} pieces x {len(keys)} keys x {len(tempos)} tempos, "
+    print(f"eval style{' --live' if args.live else ''}: {args.model}, {len(pieces)} pieces x {len(keys)} keys x {len(tempos)} tempos, "
           f"prime {args.prime_notes} notes, answer {args.length} events, settings {settings or 'default'}")
     for line in report_lines(summary):
         print("  " + line)
@@ -330,6 +436,9 @@ def add_parser(subparsers) -> None:
                    help="a style setting, as /ensemble/set takes it (scale=auto, low=48, density=6 ...)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", metavar="FILE", help="write every variant's figures and the summary here")
+    s.add_argument("--live", action="store_true",
+                   help="play through a real `ensemble serve` over OSC at real speed (every variant of a piece a "
+                        "performer in respond mode, ~40 s a piece) instead of simulated time")
     s.set_defaults(func=run)
     from ensemble.eval_loss import add_parser as add_loss
 

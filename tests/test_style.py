@@ -343,6 +343,30 @@ def test_eval_style_measures_answers_with_and_without_following(notes_model, tmp
     assert follow["in_scale"] >= base["in_scale"]
 
 
+def test_eval_style_live_plays_through_a_real_server_at_real_speed(notes_model, tmp_path):
+    """--live: each variant a performer of a real `ensemble serve` in respond mode, over OSC;
+    the answers arrive on the player's pulse (a real loop's jitter, not the simulated 1 ms)
+    and at their loudness."""
+    import json
+    import subprocess
+    import sys
+
+    tunes = tmp_path / "tunes.abc"
+    tunes.write_text("X:1\nT:one\nM:4/4\nL:1/8\nK:G\nGABc dedB|dedB dedB|c2ec B2dB|c2A2 A2BA|GABc dedB|dedB dedB|]\n")
+    path = tmp_path / "live.json"
+    run = subprocess.run([sys.executable, "-m", "ensemble", "eval", "style", "--live", "--model", str(notes_model),
+                          "--input", str(tunes), "--pieces", "1", "--keys", "3", "--tempos", "200",
+                          "--prime-notes", "16", "--length", "24", "--threshold", "0.5", "--json", str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "eval style --live" in run.stdout
+    result = json.load(open(path))
+    rows, summary = result["rows"], result["summary"]
+    assert summary["variants"] == 3 and all(r["answer_notes"] > 0 for r in rows)  # every performer answered
+    assert summary["phase_ms"]["200.0"] < 30.0  # on the pulse (an eighth at 200 bpm is 150 ms)
+    assert summary["velocity_diff"] < 20
+
+
 def test_what_was_heard_survives_a_snapshot_round_trip():
     import json
 
