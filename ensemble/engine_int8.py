@@ -93,15 +93,22 @@ class _Graph:
         self.nodes.append(self.helper.make_node(op_type, inputs, outs, domain=domain, **attrs))
         return outs[0] if len(outs) == 1 else outs
 
+    def rename(self, old: str, new: str) -> None:
+        for node in self.nodes:
+            for names in (node.input, node.output):
+                for i, n in enumerate(names):
+                    if n == old:
+                        names[i] = new
+
     def linear(self, x: str, w: np.ndarray, bias: np.ndarray | None, hint: str) -> str:
         """x @ w (+ bias), w (K, N) quantised to int8 blocks."""
         K, N = w.shape
         q, scale = quantize(w)
-        y = self.op("MatMulNBits", [x, self.const(q, hint + "_q"), self.const(scale, hint + "_s")],
-                    domain="com.microsoft", K=K, N=N, bits=8, block_size=BLOCK, accuracy_level=4)
-        if bias is not None:
-            y = self.op("Add", [y, self.const(bias.astype(np.float32), hint + "_b")])
-        return y
+        inputs = [x, self.const(q, hint + "_q"), self.const(scale, hint + "_s")]
+        if bias is not None:  # MatMulNBits' own bias input (after zero points and g_idx, not given)
+            inputs += ["", "", self.const(bias.astype(np.float32), hint + "_b")]
+        return self.op("MatMulNBits", inputs, domain="com.microsoft", K=K, N=N, bits=8, block_size=BLOCK,
+                       accuracy_level=4)
 
 
 def build_step_model(weights) -> bytes:
@@ -132,8 +139,9 @@ def build_step_model(weights) -> bytes:
             z = g.op("Sigmoid", [g.op("Add", [xz, hz])])
             n = g.op("Tanh", [g.op("Add", [xn, g.op("Mul", [r, hn])])])
             new_h = g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])])  # (1 - z) n + z h
-        else:
-            pre = g.op("Add", [g.linear(x, w_ih.T, b_ih + b_hh, f"l{layer}_x"), g.linear(h, w_hh.T, None, f"l{layer}_h")])
+        else:  # one product of [x, h] with the stacked input and recurrent weights
+            both = g.op("Concat", [x, h], axis=1)
+            pre = g.linear(both, np.concatenate([w_ih.T, w_hh.T], axis=0), b_ih + b_hh, f"l{layer}")
             if cell == "rnn":
                 new_h = g.op("Tanh", [pre])
             else:  # torch's gate order: i, f, g, o
@@ -144,12 +152,13 @@ def build_step_model(weights) -> bytes:
                 cs.append(new_c)
         hs.append(new_h)
         x = new_h
-    g.linear(x, a["head.weight"].T, a["head.bias"], "head")
-    g.nodes[-1].output[0] = "logits"
+    g.rename(g.linear(x, a["head.weight"].T, a["head.bias"], "head"), "logits")
     outputs = ["logits", "h_out"] + (["c_out"] if cell == "lstm" else [])
-    g.op("Concat", hs, ["h_out"], axis=1) if L > 1 else g.op("Identity", hs, ["h_out"])
-    if cell == "lstm":
-        g.op("Concat", cs, ["c_out"], axis=1) if L > 1 else g.op("Identity", cs, ["c_out"])
+    for name, parts in (("h_out", hs), ("c_out", cs)):
+        if len(parts) > 1:
+            g.op("Concat", parts, [name], axis=1)
+        elif parts:  # one layer: the state is the graph's output under its own name
+            g.rename(parts[0], name)
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["B"]),
               helper.make_tensor_value_info("h", f32, ["B", L * H])]
