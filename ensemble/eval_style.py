@@ -212,18 +212,26 @@ async def live_piece(port: int, notes, variants, settings: dict, args, tag: str)
         for t, pitch, velocity in events:
             loop.call_at(start + t, send, "/ensemble/note", pid, pitch, velocity)
     ends = {pid: start + events[-1][0] for pid, events in zip(ids, plays)}
-    deadline = max(ends.values()) + args.threshold + 4.0 * args.length  # a generous bound, never reached
+    # an answer of `length` events at the player's pace takes about length/2 of their IOIs;
+    # one that dawdles (long notes, rests) is judged on what came by three times that
+    pace = {pid: float(np.median(np.diff([t for t, _, v in events if v > 0]))) for pid, events in zip(ids, plays)}
+    deadlines = {pid: ends[pid] + args.threshold + 1.0 + 1.5 * args.length * pace[pid] for pid in ids}
 
     def heard(pid):
         return [e for e in answers.notes[pid] if e[0] > ends[pid]]
 
+    def waiting():
+        now = loop.time()
+        return [pid for pid in ids if len(heard(pid)) < args.length and now < deadlines[pid]]
+
     try:
-        while loop.time() < deadline and any(len(heard(pid)) < args.length for pid in ids):
+        while waiting():
             answers.changed.clear()
             try:
-                await asyncio.wait_for(answers.changed.wait(), timeout=max(0.1, deadline - loop.time()))
+                await asyncio.wait_for(answers.changed.wait(),
+                                       timeout=max(0.05, min(deadlines[p] for p in waiting()) - loop.time()))
             except asyncio.TimeoutError:
-                break
+                pass
     finally:
         for pid in ids:
             send("/ensemble/goodbye", pid)
@@ -438,7 +446,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--json", metavar="FILE", help="write every variant's figures and the summary here")
     s.add_argument("--live", action="store_true",
                    help="play through a real `ensemble serve` over OSC at real speed (every variant of a piece a "
-                        "performer in respond mode, ~40 s a piece) instead of simulated time")
+                        "performer in respond mode, about a minute a piece) instead of simulated time")
     s.set_defaults(func=run)
     from ensemble.eval_loss import add_parser as add_loss
 
