@@ -22,7 +22,9 @@ matrices for Ensemble Metatone):
 - `flux` is the share of those moves that change group (0: everyone keeps to what they
   were doing, 1: every voice changes every tick);
 - a **new idea** is a rise of the flux by more than `threshold` from the window before
-  to this one (the ensemble starts changing together); then none for `window` ticks;
+  to this one (the ensemble starts changing together); then none for `window` ticks,
+  and none until the flux has settled back by `threshold` from its peak (a steady churn
+  is one idea, not one a window);
 - the **state**: "stasis" while fewer than half the moves change group; otherwise
   "convergence" when more than half the changes go *into* one group, "divergence" when
   more than half come *out of* one group, else "development" (change with no common
@@ -61,6 +63,8 @@ class EnsembleFlow:
         self.rows: deque = deque(maxlen=2 * self.window + 1)  # dicts voice -> gesture, oldest first
         self.ticks = 0
         self.quiet_until = 0   # no new idea before this tick
+        self.armed = True      # False after a new idea, until the flux settles
+        self.peak = 0.0        # the highest flux since the last new idea
         self.new_ideas = 0
         self.last_state: tuple[str, float, float] | None = None
 
@@ -99,14 +103,22 @@ class EnsembleFlow:
     def new_idea(self) -> float | None:
         """The rise of the flux (0..1) when this tick starts a new idea, else None."""
         n = len(self.rows)
-        if n < self.window + 1 or self.ticks < self.quiet_until:
-            return None  # the window is not full yet, or a new idea has just been announced
+        if n < self.window + 1:
+            return None  # the window is not full yet
         now = self.flux(self.matrix(n - self.window, n - 1))
+        if not self.armed:
+            self.peak = max(self.peak, now)
+            if now > self.peak - self.threshold:
+                return None
+            self.armed = True
+        if self.ticks < self.quiet_until:
+            return None  # a new idea has just been announced
         before = self.flux(self.matrix(n - 2 * self.window, n - self.window - 1)) if n > self.window + 1 else 0.0
         rise = now - before
         if rise <= self.threshold:
             return None
         self.quiet_until = self.ticks + self.window
+        self.armed, self.peak = False, now
         self.new_ideas += 1
         return float(min(1.0, rise))
 
