@@ -415,3 +415,55 @@ def test_bonjour_advertises_the_metatone_port_and_an_app_finds_and_plays_it(band
 def test_bonjour_is_off_on_loopback_by_default(band_model, tiny_classifier):
     with ServerThread(config(band_model, tiny_classifier)) as server:
         assert server.info["metatone"].bonjour == "off" and server.info["metatone"].zeroconf is None
+
+
+# ----------------------------------------------------------------------------- the scripted player
+
+
+def test_scripted_player_plays_every_gesture_and_the_server_records_it(band_model, tiny_classifier, tmp_path):
+    """`python -m ensemble.metatone_player play` behaves as an app (online, touches with
+    velocity 0 at touch-downs, touch/ended, offline s s); the server's touch log holds every
+    touch it sent, and `score` reads the server's gesture log against the truth."""
+    from ensemble import metatone_player
+
+    plays, orders = metatone_player.scripts(2, 0.4, seed=5)
+    assert [sorted(o) for o in orders] == [list(range(9))] * 2
+    again, _ = metatone_player.scripts(2, 0.4, seed=5)
+    assert [s.events for s in plays] == [s.events for s in again]  # reproducible by seed
+    downs = sum(1 for s in plays for e in s.events if e[1] == "down")
+    moves = sum(1 for s in plays for e in s.events if e[1] == "move")
+    cfg = config(band_model, tiny_classifier, record=str(tmp_path / "rec"))
+    with ServerThread(cfg) as server:
+        metatone = server.info["metatone"]
+        truth = tmp_path / "truth.csv"
+        assert metatone_player.main(["play", "--port", str(metatone.port), "--devices", "2", "--seconds", "0.4",
+                                     "--seed", "5", "--truth", str(truth)]) == 0
+        probe = OscPeer(metatone.port)
+        probe.send("/metatone/online", "probe", "x")  # queued behind the player's last datagram
+        until(probe, "/metatone/classifier/hello")
+        assert "scripted1" not in metatone.devices  # its offline (device, app) was taken
+    got = classifier.read_touch_log(next((tmp_path / "rec").glob("metatone-touches-*.csv")))
+    assert sorted(got) == ["scripted1", "scripted2"]
+    assert sum(len(p) for p in got.values()) == downs + moves
+    assert sum(down for p in got.values() for *_, down in p) == downs
+    devices, rows = classifier.read_gesture_log(truth)
+    assert devices == ["scripted1", "scripted2"] and len(rows) == 3  # 9 x 0.4 s, one row a second
+    result = metatone_player.score(truth, truth, seconds=0.4)  # the truth scores itself perfectly
+    assert result["accuracy"] == 1.0 and result["seconds"] == 6
+
+
+def test_score_counts_steady_seconds_and_confusions(tmp_path):
+    from ensemble import metatone_player
+
+    def log(path, rows):
+        with open(path, "w") as f:
+            f.write("time,a\n" + "".join(f"2026-01-01T00:00:{s:02d}+00:00,{g}\n" for s, g in rows))
+
+    truth, guess = tmp_path / "t.csv", tmp_path / "g.csv"
+    log(truth, [(s + 1, 1 if s < 6 else 6) for s in range(12)])  # ft for 6 s, then bs for 6 s
+    log(guess, [(s + 1, 1 if s < 8 else 6) for s in range(12)])  # a window late by 2 s
+    result = metatone_player.score(truth, guess, window=5.0, seconds=6.0)
+    assert result["seconds"] == 12 and result["accuracy"] == pytest.approx(10 / 12)
+    assert result["confusion"][6][1] == 2  # bs heard as ft twice, in the change
+    # steady: the window (t-5, t] inside one gesture: t = 5, 6 and 11, 12
+    assert result["steady_seconds"] == 4 and result["steady_accuracy"] == 1.0
