@@ -205,7 +205,7 @@ class MetatoneLog:
                 if self.touch_file is not None:
                     self.touch_file.close()
                 self.touch_path, self.touch_file = self._open("touches", ["time", "device_id", "x_pos", "y_pos", "velocity"])
-            self.touch_file.write(f"{self._iso(t)},{device.replace(',', '_')},{x:.1f},{y:.1f},{velocity:.2f}\n")
+            self.touch_file.write(f"{self._iso(t)},{_cell(device)},{x:.1f},{y:.1f},{velocity:.2f}\n")
             self.touch_rows += 1
         self._guard(write)
 
@@ -219,7 +219,7 @@ class MetatoneLog:
                 if self.gesture_file is not None:
                     self.gesture_file.close()
                 self.gesture_columns = columns
-                self.gesture_path, self.gesture_file = self._open("gestures", ["time", *(c.replace(",", "_") for c in columns)])
+                self.gesture_path, self.gesture_file = self._open("gestures", ["time", *(_cell(c) for c in columns)])
             self.gesture_file.write(self._iso(t) + "," + ",".join(str(int(row[c])) for c in columns) + "\n")
             self.gesture_rows += 1
         self._guard(write)
@@ -709,6 +709,11 @@ def _with_velocity(touches) -> list[tuple[float, float, float, float]]:
         out.append((t - t0, x, y, v))
         last = (x, y)
     return out
+
+
+def _cell(text: str) -> str:
+    """A device id as one plain CSV field (ids are printable; commas and quotes would split or quote it)."""
+    return text.replace(",", "_").replace('"', "_")
 
 
 def _host_port(text: str) -> tuple[str, int]:
