@@ -461,6 +461,12 @@ def card(name: str, config: dict) -> str:
     ]
     if "confusion" in val:
         lines += ["Confusion matrix (rows: true gesture, columns: predicted):", "", format_confusion(val["confusion"]), ""]
+    for ev in config.get("evaluations", []):  # checks beyond the held-out logs, each saying what it is
+        lines += [f"## {ev['title']}", "", ev["what"], "", *[f"    {c}" for c in ev.get("commands", [])], "",
+                  f"- {ev['result']}", ""]
+        if "confusion" in ev:
+            lines += [ev.get("confusion_title", "Confusion matrix (rows: true gesture, columns: predicted):"), "",
+                      format_confusion(ev["confusion"]), ""]
     lines += ["## Caveat", "",
               "If the data is the output of `ensemble synth-touches`, this model was trained and validated on "
               "SYNTHETIC touches only: hand-written recipes of each gesture, not real performers. Its accuracy "

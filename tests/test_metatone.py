@@ -183,15 +183,33 @@ def test_oscsend_is_a_metatone_app(band_model, tiny_classifier):
             send = lambda *a: subprocess.run(["oscsend", "127.0.0.1", port, *a], check=True)
             send("/metatone/online", "ss", "ipad-c", "SingingHarp")
             send("/metatone/touch", "sfff", "ipad-c", "512", "384", "0")
+            send("/metatone/switch", "sss", "ipad-c", "clustersOn", "T")
             seen = set()
+            wanted = {"/metatone/classifier/hello", "/metatone/classifier/gesture", "/ensemble/touch",
+                      "/metatone/playback/touch", "/metatone/playback/gesture", "/metatone/classifier/ensemble/state"}
             for _ in range(10_000):  # bounded: a broken server fails here, it does not hang
-                if {"/metatone/classifier/gesture", "/ensemble/touch"} <= seen:
+                if wanted <= seen:
                     break
                 fields = dump_line(dump)
                 assert fields, "oscdump ended"
                 seen.add(fields[0])
                 if fields[0] == "/metatone/classifier/gesture":
                     assert fields[1] == "ss" and fields[2] == '"ipad-c"' and fields[3].strip('"') in GESTURE_CODES
+                if fields[0] == "/metatone/playback/touch":  # liblo reads what the apps' F53OSC reads
+                    assert fields[1] == "sfff" and fields[2] == '"ipad-c"'
+                    assert 0 <= float(fields[3]) <= 1024 and 0 <= float(fields[4]) <= 768 and float(fields[5]) >= 0
+                if fields[0] == "/metatone/classifier/ensemble/state":
+                    assert fields[1] == "sff" and fields[2].strip('"') in ("stasis", "convergence", "divergence",
+                                                                         "development")
+            assert server.info["metatone"].status()["switch_states"] == {"ipad-c": {"clustersOn": True}}
+            send("/metatone/offline", "ss", "ipad-c", "SingingHarp")  # what the apps send
+            send("/metatone/online", "ss", "ipad-d", "SingingHarp")  # queued behind it on the same socket
+            for _ in range(10_000):
+                fields = dump_line(dump)
+                assert fields, "oscdump ended"
+                if fields[0] == "/metatone/classifier/hello":
+                    break
+            assert "ipad-c" not in server.info["metatone"].devices and "ipad-c" not in server.conductor.performers
     finally:
         dump.kill()
         dump.wait()

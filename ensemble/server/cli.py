@@ -251,6 +251,9 @@ def add_parser(subparsers) -> None:
                    "(default: the bundled one)")
     p.add_argument("--metatone-pd", metavar="HOST:PORT",
                    help="also send the band's touches here, e.g. 127.0.0.1:5007 for patches/ensemble-touch.pd")
+    p.add_argument("--metatone-bonjour", choices=["auto", "on", "off"],
+                   help="advertise the Metatone port by Bonjour (zeroconf extra): auto (default) when bound beyond "
+                        "loopback, on also on loopback (an iOS simulator on this machine), off never")
     p.set_defaults(func=run)
 
 

@@ -69,6 +69,7 @@ class ServerConfig:
     metatone_reply_port: int = setting(51200, low=0, high=65535)  # the apps listen here; 0: the sender's port
     metatone_classifier: str = str(DEFAULT_CLASSIFIER)  # gesture-classifier model folder
     metatone_pd: str | None = None  # HOST:PORT that also gets the band's touches (ensemble-touch.pd: 127.0.0.1:5007)
+    metatone_bonjour: str = setting("auto", choices=("auto", "on", "off"))  # auto: advertise when bound beyond loopback
 
     def validate(self, where: str = "") -> None:
         """Every value type- and range-checked before anything starts (one line naming the key)."""
