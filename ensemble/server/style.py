@@ -558,9 +558,10 @@ class Style:
             start = self._planned_at
         dt = self.model_dt(token) * self.scale
         when = start + dt
-        pulse = REFERENCE_IOI * self.scale  # the player's commonest IOI
         if not self.resumed and self.last_onset is not None:
-            self._anchor(pulse)
+            self._refine_pulse(REFERENCE_IOI * self.scale)
+            self._anchor(REFERENCE_IOI * self.scale)
+        pulse = REFERENCE_IOI * self.scale  # the player's commonest IOI
         anchor = self.anchor
         if when < now and not self.resumed and anchor is not None:
             # after a silence: on the player's pulse, on a beat when the pulse is an eighth
@@ -583,6 +584,34 @@ class Style:
         when = max(planned, now)
         self._planned_at, self._placed_at = planned, when
         return Placed(when, "note", when - (now if stream_time is None else stream_time), (e.pitch, velocity))
+
+    def _refine_pulse(self, pulse: float) -> None:
+        """Their tempo to a fraction of a per cent, before the machine plays on it.
+
+        The median IOI is one interval as it arrived, a millisecond or so of network and
+        loop jitter in it: 0.2 % off at 120 bpm, which over a 48-note answer drifts the
+        machine 30 ms off the player's pulse (measured live with `eval style --live`).
+        Their recent onsets that sit on a half-pulse grid point (within an eighth of a
+        step; a triplet does not), at least six, fitted with a line (least squares: grid
+        index -> time) give the grid's period from all of them at once; when it moves the
+        period by under 3 %, the scale follows it."""
+        step, ref = 0.5 * pulse, self.onsets[-1] if self.onsets else 0.0
+        on_grid = []  # (grid index, time) of the onsets near a grid point (a triplet is not)
+        for t in self.onsets:
+            k = round((t - ref) / step)
+            if abs(t - ref - k * step) < 0.125 * step:
+                on_grid.append((k, t))
+        if len(on_grid) < 6:
+            return
+        count = len(on_grid)
+        mean_n = sum(k for k, _ in on_grid) / count
+        mean_t = sum(t for _, t in on_grid) / count
+        var = sum((k - mean_n) ** 2 for k, _ in on_grid)
+        if var == 0:
+            return
+        fitted = sum((k - mean_n) * (t - mean_t) for k, t in on_grid) / var
+        if abs(fitted / step - 1.0) < 0.03:
+            self.scale *= fitted / step
 
     def _anchor(self, pulse: float) -> None:
         """The player's pulse grid: its phase is the circular mean of their recent onsets
