@@ -22,3 +22,13 @@ def test_bench_train_reports_throughput(capsys):
     assert main(["bench", "train", "--vocab", "40", "--size", "xs", "--steps", "2", "--warmup", "1",
                  "--batch", "2", "--seq-len", "8"]) == 0
     assert "tokens/s" in capsys.readouterr().out
+
+
+def test_bench_serve_runs_again_while_web_pages_watch(notes_model):
+    result = bench_serve(str(notes_model), events=100, performers=2, rate=20.0, seconds=1.0, watchers=2)
+    watched_solo, watched_band, pages = result["watched_solo"], result["watched_band"], result["watchers"]
+    assert watched_solo["answered"] == 100 and watched_solo["lost"] == 0
+    assert watched_band["events"] == 40 and watched_band["answered"] + watched_band["lost"] == 40
+    assert watched_band["unexpected"] == 0
+    assert pages["pages"] == 2 and pages["messages"] > 0 and pages["bytes"] > 0
+    assert pages["cells"] > 0  # the pages asked for the watched performer's LSTM cells, and got them

@@ -107,6 +107,52 @@ def test_join_play_hear_watch_steer_and_panic_beside_an_osc_performer(notes_mode
         peer.close()
 
 
+# A Web MIDI system with one output that keeps what it is sent: headless chromium has no
+# MIDI ports, so the page is given this one before any of its scripts run.
+FAKE_MIDI = """
+window.__midiSent = [];
+const output = {id: "synth-1", name: "Test synth", type: "output",
+                send(data) { window.__midiSent.push(Array.from(data)); }};
+navigator.requestMIDIAccess = () => Promise.resolve({inputs: new Map(), outputs: new Map([[output.id, output]])});
+"""
+
+
+def test_answers_go_to_the_web_midi_output_picked_on_the_page(notes_model, tmp_path):
+    cfg = config(notes_model, tmp_path, web="127.0.0.1:0", default_mode="duet", max_note=60.0)
+    with ServerThread(cfg) as server, sync_api.sync_playwright() as pw:
+        browser = launch(pw, tmp_path / "profile")
+        browser.add_init_script(FAKE_MIDI)
+        page = browser.new_page()
+        page.goto(server.info["web"])
+        page.wait_for_selector('#conn[data-state="open"]')
+        page.fill("#name", "mia")
+        page.select_option("#join-mode", "duet")
+        page.click("#join-button")  # the first gesture starts the sound, and asks for MIDI
+        page.wait_for_selector("#midi-label", state="visible")
+        page.select_option("#midi-out", "synth-1")
+        for pitch in (60, 62, 64):
+            press(page, pitch, pointer_id=2)
+            press(page, pitch, pointer_id=2, down=False)
+        page.wait_for_function("window.__midiSent.length >= 6")  # three answers, each on and off
+        sent = page.evaluate("window.__midiSent")
+        assert page.get_attribute("#roll", "data-answers") == "3"
+        ons = [m for m in sent if m[0] == 0x90]
+        offs = [m for m in sent if m[0] == 0x80]
+        assert len(ons) == 3 and len(offs) == 3 and len(sent) == 6
+        assert all(len(m) == 3 and 0 <= m[1] <= 127 and 0 <= m[2] <= 127 for m in sent)
+        assert all(m[2] > 0 for m in ons) and all(m[2] == 0 for m in offs)
+        sounding = set()
+        for status, pitch, _ in sent:  # every answer ends, and only what was started ends
+            if status == 0x90:
+                sounding.add(pitch)
+            else:
+                assert pitch in sounding
+                sounding.discard(pitch)
+        assert not sounding
+        assert server.conductor.performers["mia"].events_in == 6
+        browser.close()
+
+
 def test_a_touch_model_gets_an_xy_pad_whose_touches_are_answered(touch_model, tmp_path):
     cfg = config(touch_model, tmp_path, web="127.0.0.1:0", default_mode="duet")
     with ServerThread(cfg) as server, sync_api.sync_playwright() as pw:

@@ -15,12 +15,17 @@ Runs:
    loopback cannot beat; the ratio says how far above it the server is;
 2. N performers (16) each sending R events/s (50) for D seconds (10), open loop, on a
    fixed schedule whatever the server does: the load the issue names.
+3. with `--watchers W`: runs 1 and 2 again, the same server, while W pages watch it over
+   its WebSocket (`/ensemble/watch` naming the second closed-loop performer, so the server also
+   sends its LSTM cells): what watching costs the OSC performers. The watchers are
+   aiohttp clients in a process of their own, as browsers on other devices would be.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -61,6 +66,54 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+WATCHERS = """
+import asyncio, json, sys
+import aiohttp
+
+async def watch(session, url, counts):
+    async with session.ws_connect(url, max_msg_size=1 << 22) as ws:
+        await ws.send_str(json.dumps({"address": "/ensemble/watch", "args": []}))
+        counts["open"] += 1
+        if counts["open"] == int(sys.argv[2]):
+            print("watching", flush=True)
+        cells = False
+        async for message in ws:
+            counts["messages"] += 1
+            counts["bytes"] += len(message.data)
+            if not cells and '"id":"watched"' in message.data:  # as a page does when you click them
+                cells = True
+                await ws.send_str(json.dumps({"address": "/ensemble/watch", "args": ["watched"]}))
+            counts["cells"] += message.data.startswith('{"address":"/ensemble/cells"')
+
+async def main():
+    counts = {"open": 0, "messages": 0, "bytes": 0, "cells": 0}
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(watch(session, sys.argv[1], counts)) for _ in range(int(sys.argv[2]))]
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # until told to stop
+        print(counts["messages"], counts["bytes"], counts["cells"], flush=True)
+        for t in tasks:
+            t.cancel()
+
+asyncio.run(main())
+"""
+
+
+class Watchers:
+    """W WebSocket watchers of the server's page, in a process of their own."""
+
+    def __init__(self, url: str, n: int):
+        self.proc = subprocess.Popen([sys.executable, "-c", WATCHERS, url, str(n)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "watching":
+            self.proc.kill()
+            raise RuntimeError("the watchers could not connect to the server's WebSocket")
+
+    def stop(self) -> tuple[int, int, int]:
+        """Messages, bytes and LSTM cell strips the watchers received."""
+        messages, size, cells = self.proc.communicate("stop\n", timeout=20)[0].split()
+        return int(messages), int(size), int(cells)
 
 
 def start_echo() -> tuple[subprocess.Popen, int]:
@@ -130,13 +183,15 @@ def hello(peer: Peer, performers: list[str]) -> None:
         pass
 
 
-def closed_loop(port: int, events: int, warmup: int = 50) -> dict:
+def closed_loop(port: int, events: int, warmup: int = 50, name: str = "solo") -> dict:
+    """One performer: send, wait for its answer, send the next (a new name for each run:
+    a performer belongs to the address that said hello first)."""
     peer = Peer(port)
-    hello(peer, ["solo"])
+    hello(peer, [name])
     latencies, lost = [], 0
     for k in range(events + warmup):
         sent = time.perf_counter()
-        peer.send("/ensemble/note", event_args("solo", k))
+        peer.send("/ensemble/note", event_args(name, k))
         try:
             while True:
                 address, args = peer.recv(1.0)
@@ -150,10 +205,10 @@ def closed_loop(port: int, events: int, warmup: int = 50) -> dict:
     return summarize(latencies, events, lost)
 
 
-async def _open_loop(port: int, performers: int, rate: float, seconds: float) -> dict:
+async def _open_loop(port: int, performers: int, rate: float, seconds: float, prefix: str = "p") -> dict:
     loop = asyncio.get_running_loop()
     peer = Peer(port)
-    names = [f"p{i:02d}" for i in range(performers)]
+    names = [f"{prefix}{i:02d}" for i in range(performers)]
     hello(peer, names)
     peer.sock.setblocking(False)
     per_performer = int(rate * seconds)
@@ -210,18 +265,31 @@ def summarize(latencies, events: int, lost: int) -> dict:
 
 
 def bench_serve(model: str | None, events: int = 2000, performers: int = 16, rate: float = 50.0,
-                seconds: float = 10.0, engine: str | None = None, startups: int = 0) -> dict:
+                seconds: float = 10.0, engine: str | None = None, startups: int = 0, watchers: int = 0) -> dict:
     result = {"startup_s": startup_times(model, engine, startups) if startups else []}
     echo, echo_port = start_echo()
+    extra = (["--engine", engine] if engine else []) + (["--web", "127.0.0.1:0"] if watchers else [])
     try:
         with tempfile.TemporaryDirectory() as record:
-            proc, port, ready_s = start_server(model, record, ["--engine", engine] if engine else [])
+            proc, port, ready_s = start_server(model, record, extra)
             result["startup_s"].append(ready_s)
             try:
                 before = echo_loop(echo_port, events // 2)
                 solo = closed_loop(port, events)
                 after = echo_loop(echo_port, events - events // 2)
                 band = asyncio.run(_open_loop(port, performers, rate, seconds))
+                if watchers:
+                    url = re.search(r"browsers on (http://\S+)/", proc.ready_line).group(1) + "/ws"
+                    pages = Watchers(url, watchers)
+                    try:
+                        watched_solo = closed_loop(port, events, name="watched")
+                        watched_band = asyncio.run(_open_loop(port, performers, rate, seconds, prefix="w"))
+                    finally:
+                        messages, size, cells = pages.stop()
+                    for r in (watched_solo, watched_band):
+                        r.pop("_ms")
+                    result.update(watched_solo=watched_solo, watched_band=watched_band,
+                                  watchers={"pages": watchers, "messages": messages, "bytes": size, "cells": cells})
             finally:
                 proc.terminate()
                 proc.wait(20)
@@ -244,11 +312,13 @@ def add_arguments(p) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="length of the load run")
     p.add_argument("--engine", choices=["numpy", "int8", "torch"], help="the server's inference engine")
     p.add_argument("--startups", type=int, default=5, help="extra cold starts timed to the ready line (default 5)")
+    p.add_argument("--watchers", type=int, default=0,
+                   help="then run again while W web pages watch the server (WebSocket /ensemble/watch)")
 
 
 def run(args) -> int:
     result = bench_serve(args.model, args.events, args.performers, args.rate, args.seconds, args.engine,
-                         args.startups)
+                         args.startups, args.watchers)
     starts = np.array(result["startup_s"]) * 1000
     print(f"start-up, process start to the ready line: median {np.median(starts):.0f} ms "
           f"(range {starts.min():.0f}-{starts.max():.0f} ms, {len(starts)} starts)")
@@ -257,12 +327,19 @@ def run(args) -> int:
     rows = [("bare asyncio UDP echo, closed loop", result["echo"]),
             ("1 performer, closed loop", result["solo"]),
             (f"{args.performers} performers x {args.rate:g}/s x {args.seconds:g} s", result["band"])]
+    if "watchers" in result:
+        rows += [(f"1 performer, {args.watchers} pages watching", result["watched_solo"]),
+                 (f"{args.performers} performers, {args.watchers} pages watching", result["watched_band"])]
     for label, r in rows:
         print(f"{label:<34} {r['events']:>7} {r['lost']:>5} {r.get('median_ms', float('nan')):>10.3f} "
               f"{r.get('p99_ms', float('nan')):>8.3f} {r.get('max_ms', float('nan')):>8.3f}")
     if "median_ms" in result["echo"] and "median_ms" in result["solo"]:
         print(f"1 performer / echo: {result['solo']['median_ms'] / result['echo']['median_ms']:.2f}x (medians; "
               f"the echo ran before and after the performer, same client code)")
+    if "watchers" in result:
+        w = result["watchers"]
+        print(f"the {w['pages']} watching pages received {w['messages']} messages ({w['cells']} of them "
+              f"LSTM cell strips), {w['bytes'] / 1e6:.1f} MB")
     if os.path.exists("/proc/loadavg"):
         with open("/proc/loadavg") as f:
             print(f"load average: {' '.join(f.read().split()[:3])} (other processes share these CPUs)")

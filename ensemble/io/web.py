@@ -193,6 +193,7 @@ class WebServer:
         self.feed_dropped = 0
         self.watch_timer: asyncio.TimerHandle | None = None
         self.last_table = 0.0
+        self.cpu_mark = (time.monotonic(), time.process_time())  # for the CPU share shown on the page
         self.flush_soon = False
         self.runner: web.AppRunner | None = None
         self.files = {name: (resources.files("ensemble.web") / name).read_bytes() for name in FILES}
@@ -432,6 +433,7 @@ class WebServer:
         now = time.monotonic()
         if now - self.last_table >= STATUS_EVERY:
             self.last_table = now
+            batch["cpu"] = self._cpu_percent(now)
             batch["performers"] = [p.status() for p in self.conductor.performers.values()]
             for entry in batch["performers"]:
                 entry.pop("output", None)
@@ -443,6 +445,14 @@ class WebServer:
             if conn.cells_of is not None:
                 conn.put({"address": "/ensemble/cells", "args": [conn.cells_of, self._cells(conn.cells_of)]})
         self._watch_soon()  # the table and the cells stay fresh while anyone watches
+
+    def _cpu_percent(self, now: float) -> float:
+        """The server process's CPU time since the last table, in % of one core (all its
+        threads: the loop, BLAS, MIDI), so a watcher sees how close to full the machine is."""
+        then, cpu_then = self.cpu_mark
+        cpu = time.process_time()
+        self.cpu_mark = (now, cpu)
+        return round(100.0 * (cpu - cpu_then) / max(now - then, 1e-6), 1)
 
     def _cells(self, performer: str):
         """The watched performer's LSTM cells (top layer, first CELLS), or None if there are none."""

@@ -356,6 +356,7 @@ function watch(m) {
   roll.dataset.in = S.counts.in; roll.dataset.out = S.counts.out; roll.dataset.mine = S.counts.mine;
   if (m.dropped) $("dropped").textContent = `${m.dropped} events not shown (too many)`;
   if (m.performers) table(m.performers);
+  if (typeof m.cpu === "number") $("cpu").textContent = m.cpu.toFixed(0);
 }
 
 function color(id) {
