@@ -284,6 +284,41 @@ def test_cc_controls_temperature_mode_reset_and_panic(notes_model):
     run(notes_model, test, midi)
 
 
+def test_cc_controls_steer_the_style_and_the_answers_obey(notes_model):
+    midi = {"controls": {"low": 27, "high": 28, "tonal": 29, "density": 30, "scale": 31, "vel_low": 32,
+                         "vel_high": 33, "rest": 34, "overlap": 35, "follow": 36}}
+
+    async def test(layer, ports, conductor):
+        await ports.play("keys", cc(27, 60), cc(28, 64), cc(32, 0), cc(33, 50))
+        await until(lambda: "midi:keys:1" in conductor.performers)
+        p = conductor.performers["midi:keys:1"]
+        await until(lambda: p.style.settings.vel_high == 50)
+        s = p.style.settings
+        assert (s.low, s.high, s.vel_low, s.vel_high) == (60, 64, 1, 50)
+        await ports.play("keys", cc(29, 127), cc(30, 0), cc(31, 100), cc(34, 127), cc(35, 0), cc(36, 10))
+        await until(lambda: p.style.settings.follow == 0)
+        assert s.tonal == pytest.approx(8.0) and s.density == pytest.approx(0.5) and s.scale == "auto"
+        assert s.rest == pytest.approx(1.0) and s.overlap == 0
+        await ports.play("keys", cc(30, 127), cc(31, 0), cc(34, 0))
+        await until(lambda: s.rest == 0.0)
+        assert s.density == 0.0 and s.scale == "off"
+        # a range the CCs set is exact: every answer in duet falls inside it, at most velocity 50
+        for pitch in (40, 72, 50, 80, 45, 70):
+            await ports.play("keys", on(pitch), off(pitch))
+        answers = []
+        while len([m for m in answers if m.type == "note_on"]) < 6:
+            _, msg = await ports.next()
+            answers.append(msg)
+        assert all(60 <= m.note <= 64 and m.velocity <= 50 for m in answers if m.type == "note_on")
+        # a setting the style refuses (low above high) changes nothing
+        await ports.play("keys", cc(27, 100))
+        await ports.play("keys", cc(28, 63))
+        await until(lambda: s.high == 63)
+        assert s.low == 60
+
+    run(notes_model, test, midi)
+
+
 # ----------------------------------------------------------------------------- hanging notes
 
 

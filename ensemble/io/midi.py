@@ -45,6 +45,12 @@ Settings: the ``[midi]`` table of ``--config FILE.toml`` (command-line options w
     mode = 22                   # 0-31 listen, 32-63 duet, 64-95 respond, 96-127 auto
     reset = 23                  # value >= 64: forget this performer's history
     panic = 24                  # value >= 64: every sounding note of every performer ends
+    low = 27                    # steering (notes models), as /ensemble/set takes it: the pitch
+    high = 28                   #   range is the CC value itself
+    tonal = 29                  # 0..127 -> 0..8
+    density = 30                # 0..126 -> 0.5..16 notes a second, 127: no limit
+    # also vel_low, vel_high (the value, at least 1), rest (0..1), and the switches
+    # scale (>= 64: auto, else off), overlap and follow (>= 64: 1)
 
 Without a ``[midi.performers]`` entry, channel C of input port P (the name as given in
 ``inputs``) is the performer ``midi:P:C``; a value in the table is either the id or a
@@ -458,7 +464,7 @@ class MidiLayer:
             if self.conductor.performers[route.performer].mode != meaning:
                 handle(SetMode(route.performer, meaning), source)
         else:
-            handle(SetParam(route.performer, action, float(meaning)), source)
+            handle(SetParam(route.performer, action, meaning if isinstance(meaning, str) else float(meaning)), source)
 
     # ------------------------------------------------------------------ out
 

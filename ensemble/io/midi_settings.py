@@ -16,7 +16,9 @@ from ensemble.settings import check, setting
 VIRTUAL_IN, VIRTUAL_OUT = "ensemble in", "ensemble out"
 KNOWN_KEYS = {"inputs", "outputs", "virtual", "api", "thru", "feedback_ms", "poll_s", "mode",
               "performers", "controls", "optional"}
-CONTROL_ACTIONS = ("temperature", "top_p", "threshold", "mode", "reset", "panic")
+# sampling and mode, then the style steering of `ensemble.server.style` (notes models)
+CONTROL_ACTIONS = ("temperature", "top_p", "threshold", "mode", "reset", "panic",
+                   "low", "high", "scale", "tonal", "vel_low", "vel_high", "density", "rest", "overlap", "follow")
 
 @dataclass(frozen=True)
 class Route:
@@ -149,6 +151,20 @@ def control_value(action: str, value: int):
         return 4.0 * value / 127
     if action == "mode":
         return MODES[min(value // 32, len(MODES) - 1)]
+    if action in ("low", "high"):
+        return value  # the pitch itself
+    if action in ("vel_low", "vel_high"):
+        return max(1, value)
+    if action == "tonal":
+        return 8.0 * value / 127
+    if action == "density":  # a knob fully open is no limit; below it 0.5..16 notes a second
+        return 0.0 if value == 127 else 0.5 + 15.5 * value / 126
+    if action == "rest":
+        return value / 127
+    if action == "scale":  # a switch: the player's own scale, or none
+        return "auto" if value >= 64 else "off"
+    if action in ("overlap", "follow"):
+        return int(value >= 64)
     return value >= 64  # reset, panic: a button
 
 
