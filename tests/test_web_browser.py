@@ -92,6 +92,20 @@ def test_join_play_hear_watch_steer_and_panic_beside_an_osc_performer(notes_mode
         page.wait_for_function("""[...document.querySelectorAll('#performers tr[data-performer="ada"] td')]
                                   .some(td => td.textContent === '0.50')""")
         assert server.conductor.performers["ada"].settings.temperature == 0.5
+        # style steering from the page: a range and a scale, then a refused value comes back as an error
+        page.wait_for_selector("#style-row", state="visible")
+        page.eval_on_selector("#high", "el => { el.value = 72; el.dispatchEvent(new Event('change')); }")
+        page.eval_on_selector("#scale", "el => { el.value = 'D dorian'; el.dispatchEvent(new Event('change')); }")
+        page.eval_on_selector("#overlap", "el => { el.checked = false; el.dispatchEvent(new Event('change')); }")
+        # the server's status (it comes every second) says what it holds now
+        page.wait_for_function("""(() => { const p = S.performers.ada;
+            return p && p.style && p.style.high === 72 && p.style.scale === 'D dorian' && p.style.overlap === 0; })()""")
+        style = server.conductor.performers["ada"].style.settings
+        assert (style.high, style.scale, style.overlap) == (72, "D dorian", 0)
+        page.eval_on_selector("#scale", "el => { el.value = 'H lydian'; el.dispatchEvent(new Event('change')); }")
+        page.wait_for_function("+document.getElementById('errors').dataset.count === 1")
+        assert style.scale == "D dorian"
+        assert "H lydian" in page.inner_text("#errors")
 
         # panic: ada is silenced until she plays again
         page.select_option("#mode", "auto")
@@ -100,7 +114,7 @@ def test_join_play_hear_watch_steer_and_panic_beside_an_osc_performer(notes_mode
         page.wait_for_function("""[...document.querySelectorAll('#performers tr[data-performer="ada"] td')]
                                   .some(td => td.textContent.includes('(panic)'))""")
         assert server.conductor.performers["ada"].panicked
-        assert page.get_attribute("#errors", "data-count") == "0"
+        assert page.get_attribute("#errors", "data-count") == "1"  # the refused scale, nothing else
         assert errors == []
         page.screenshot(path=str(tmp_path / "web.png"))
         browser.close()

@@ -452,11 +452,22 @@ function select(id) {
   if (S.performers[id]) showSettings(S.performers[id]);
 }
 
+// the style steering of notes models (ensemble/server/style.py), as /ensemble/set takes it
+const STYLE = ["low", "high", "scale", "tonal", "vel_low", "vel_high", "density", "rest", "overlap", "follow"];
+
 function showSettings(p) {
   $("mode").value = p.mode;
   for (const name of ["temperature", "top_p", "threshold"]) {
     $(name).value = p[name];
     $(name).nextElementSibling.textContent = (+p[name]).toFixed(2);
+  }
+  $("style-row").hidden = !p.style;
+  if (!p.style) return;
+  for (const name of STYLE) {
+    const el = $(name);
+    if (el.type === "checkbox") el.checked = !!p.style[name];
+    else el.value = p.style[name];
+    if (el.type === "range") el.nextElementSibling.textContent = (+p.style[name]).toFixed(2);
   }
 }
 
@@ -469,6 +480,15 @@ $("mode").onchange = () => {
 for (const name of ["temperature", "top_p", "threshold"]) {
   $(name).oninput = () => { $(name).nextElementSibling.textContent = (+$(name).value).toFixed(2); };
   $(name).onchange = () => { if (S.selected) send("/ensemble/set", S.selected, name, +$(name).value); };
+}
+for (const name of STYLE) {
+  const el = $(name);
+  if (el.type === "range") el.oninput = () => { el.nextElementSibling.textContent = (+el.value).toFixed(2); };
+  el.onchange = () => {
+    if (!S.selected) return;
+    const value = el.type === "checkbox" ? (el.checked ? 1 : 0) : name === "scale" ? el.value : +el.value;
+    send("/ensemble/set", S.selected, name, value);  // a value the server refuses comes back as an error
+  };
 }
 $("reset").onclick = () => { if (S.selected) send("/ensemble/reset", S.selected); };
 $("panic").onclick = () => { if (S.selected) send("/ensemble/panic", S.selected); silenceAll(); };
