@@ -12,6 +12,8 @@ softmax).
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +97,13 @@ class TokenRNN(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab_size)
+
+    def set_dropout(self, p: float) -> None:
+        """Change dropout mid-run (the trainer chooses it once it knows its speed)."""
+        self.drop.p = p
+        if self.config.layers > 1:
+            self.rnn.dropout = p
+        self.config = dataclasses.replace(self.config, dropout=p)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "TokenRNN":

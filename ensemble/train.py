@@ -95,7 +95,7 @@ class TrainConfig:
     layers: int | None = None
     hidden: int | None = None
     embedding: int | None = None
-    dropout: float | None = None  # None: from corpus size (tokens per parameter)
+    dropout: float | None = None  # None: from the epochs the budget allows (default_regularisation)
     # optimisation
     seq_len: int = 64
     batch: int = 32
@@ -104,7 +104,7 @@ class TrainConfig:
     lr: float | None = None  # None: from the model's hidden size
     min_lr: float | None = None  # None: lr / 10
     warmup: int = 50
-    weight_decay: float | None = None  # None: from corpus size, like dropout
+    weight_decay: float | None = None  # None: like dropout
     clip: float = 1.0
     # augmentation, for codecs that can (music): transpose +-N semitones, stretch +-P
     transpose: int = 0
@@ -349,13 +349,6 @@ def learning_rate(step: int, elapsed: float, cfg: TrainConfig) -> float:
 LR_AT_256 = 5e-3
 
 
-def count_parameters(vocab: int, cell: str, layers: int, hidden: int, embedding: int) -> int:
-    """TokenRNN's parameter count without building it (defaults are chosen before the model is)."""
-    gates = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
-    rnn = sum(gates * hidden * ((embedding if i == 0 else hidden) + hidden + 2) for i in range(layers))
-    return vocab * embedding + rnn + hidden * vocab + vocab
-
-
 def default_lr(hidden: int) -> float:
     return float(f"{LR_AT_256 * 256 / hidden:.2g}")
 
@@ -371,24 +364,59 @@ def default_embedding(vocab: int, hidden: int) -> int:
     return min(hidden, 16 * math.ceil(2 * math.sqrt(vocab) / 16))
 
 
-def default_regularisation(tokens_per_parameter: float) -> tuple[float, float]:
-    """(dropout, weight decay) for a corpus of this size relative to the model.
+def default_regularisation(epochs: float) -> tuple[float, float]:
+    """(dropout, weight decay) for a run that will see its training corpus `epochs` times.
 
-    With fewer training tokens than parameters a model memorises its corpus within a
-    few epochs and the validation loss turns back up; with many tokens per parameter
-    regularisation only slows learning down. The thresholds are from the measurements
-    in the README (O'Neill's tunes: 0.8 tokens per parameter for the 2x256 LSTM).
+    Overfitting needs repetition: a model that sees each token once or twice cannot
+    memorise it, and there dropout and weight decay only slow learning down; after a few
+    passes it starts to memorise and the validation loss stalls. Measured at 150 s and
+    600 s on three corpora, 2x256 LSTM (README "Defaults, and how they were measured"):
+    at 0.5-2.4 epochs no regularisation was better by 0.01-0.08 nats (one exception, 0.9
+    epochs of folk ABC, by 0.03 the other way), at 3.7 and 10 epochs dropout 0.2 with
+    weight decay 0.1 by 0.01 and 0.06; the halfway setting (0.1, 0.05) was not better.
     """
-    if tokens_per_parameter < 2:
-        return 0.2, 0.1
-    if tokens_per_parameter < 20:
-        return 0.1, 0.05
-    return 0.0, 0.0
+    return (0.2, 0.1) if epochs >= 3 else (0.0, 0.0)
 
 
-def choose_defaults(cfg: TrainConfig, corpus: data.Corpus, init) -> list[str]:
+# a run with a time budget measures its speed over its first steps, then knows how many
+# epochs it will see and sets dropout and weight decay (zero until then)
+REGULARISE_AT_STEP = 60
+TIMED_FROM_STEP = 10  # the first steps are slow (allocation, caches, warm-up)
+
+
+def planned_epochs(cfg: TrainConfig, train_tokens: int, world: int, step: int = 0, elapsed: float = 0.0,
+                   tokens_per_s: float | None = None) -> float | None:
+    """How many times the run will see its training tokens: from --steps, and from
+    --max-time at the measured speed (None if that is needed and not measured yet)."""
+    per_step = cfg.batch * cfg.seq_len * world
+    plans = []
+    if cfg.steps is not None:
+        plans.append(cfg.steps * per_step)
+    if cfg.max_time is not None:
+        if tokens_per_s is None:
+            return None
+        plans.append(step * per_step + tokens_per_s * max(0.0, cfg.max_time - elapsed))
+    return min(plans) / max(1, train_tokens)
+
+
+def regularisation_choice(cfg: TrainConfig, epochs: float) -> str:
+    """Set the regularisation left as None from the planned epochs; returns what was chosen."""
+    dropout, weight_decay = default_regularisation(epochs)
+    regularised = []
+    if cfg.dropout is None:
+        cfg.dropout = dropout
+        regularised.append(f"dropout {dropout:g}")
+    if cfg.weight_decay is None:
+        cfg.weight_decay = weight_decay
+        regularised.append(f"weight decay {weight_decay:g}")
+    return " and ".join(regularised) + f" ({epochs:.2f} epochs planned)" if regularised else ""
+
+
+def choose_defaults(cfg: TrainConfig, corpus: data.Corpus, init, world: int = 1) -> list[str]:
     """Fill in every setting left as None, in place; returns what was chosen and why
-    (logged, and kept in run.json so that a resumed run keeps them)."""
+    (logged, and kept in run.json so that a resumed run keeps them). With --max-time,
+    dropout and weight decay may stay None: the loop sets them once it has measured its
+    speed (`REGULARISE_AT_STEP`)."""
     chosen = []
     if init is not None:
         shape = (init.model.config.layers, init.model.config.hidden, init.model.config.embedding)
@@ -407,19 +435,21 @@ def choose_defaults(cfg: TrainConfig, corpus: data.Corpus, init) -> list[str]:
         chosen.append(f"lr {cfg.lr:g} (hidden {hidden})")
     if cfg.min_lr is None:
         cfg.min_lr = cfg.lr / 10
-    n_params = count_parameters(corpus.codec.vocab_size, cfg.cell, layers, hidden, embedding)
-    ratio = corpus.train_tokens / n_params
-    dropout, weight_decay = default_regularisation(ratio)
-    regularised = []
-    if cfg.dropout is None:
-        cfg.dropout = dropout
-        regularised.append(f"dropout {dropout:g}")
-    if cfg.weight_decay is None:
-        cfg.weight_decay = weight_decay
-        regularised.append(f"weight decay {weight_decay:g}")
-    if regularised:
-        chosen.append(" and ".join(regularised) + f" ({ratio:.2g} training tokens per parameter)")
+    epochs = planned_epochs(cfg, corpus.train_tokens, world)
+    if epochs is not None:
+        choice = regularisation_choice(cfg, epochs)
+        if choice:
+            chosen.append(choice)
+    elif cfg.dropout is None or cfg.weight_decay is None:
+        chosen.append(f"dropout and weight decay after step {REGULARISE_AT_STEP}, from the epochs the budget allows")
     return chosen
+
+
+def apply_regularisation(model, optimizer, dropout: float, weight_decay: float) -> None:
+    """Dropout and weight decay changed in place, mid-run (both are read at every step)."""
+    model.set_dropout(dropout)
+    for group in optimizer.param_groups:
+        group["weight_decay"] = weight_decay
 
 
 @torch.no_grad()
@@ -550,7 +580,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, init, device) -> TokenRNN:
     else:
         layers, hidden, embedding = cfg.model_shape()
         try:
-            model = TokenRNN(vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout)
+            model = TokenRNN(vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout or 0.0)
         except ValueError as exc:
             raise TrainError(str(exc)) from None
     model.to(device).train()
@@ -681,12 +711,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     corpus = load_corpus(cfg)
     init = checkpoint.load(cfg.init_from) if cfg.init_from and not resume else None
     check_settings(cfg, corpus, init, resume, state_path)
-    chosen = [] if resume else choose_defaults(cfg, corpus, init)
+    chosen = [] if resume else choose_defaults(cfg, corpus, init, world)
 
     torch.manual_seed(cfg.seed + rank)
     model = raw_model = build_model(cfg, corpus.codec.vocab_size, init, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 0.0,
+                                  fused=device.type == "cuda")
     batcher = StreamBatcher(corpus.train, cfg.batch, cfg.seq_len, cfg.seed, rank, world,
                             augment=augmenter(corpus.codec, cfg))
     carried = model.initial_state(cfg.batch, device)
@@ -778,6 +809,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     session_tokens, tokens_seen, window_started = 0, 0, time.monotonic()
     metrics: dict = {}
     stop_reason = None
+    session_first_step, timed_from = run.step, None
     model.train()
     try:
         with StopSignals() as signals:
@@ -796,6 +828,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
                 run.elapsed, interrupted = agree(time.monotonic() - started, signals.received is not None,
                                                  world, device)
+                if run.step == session_first_step + TIMED_FROM_STEP:
+                    timed_from = (run.step, run.elapsed)
+                if (cfg.dropout is None or cfg.weight_decay is None) and run.step >= REGULARISE_AT_STEP \
+                        and timed_from is not None and run.step > timed_from[0]:
+                    rate = (run.step - timed_from[0]) * cfg.batch * cfg.seq_len * world / max(1e-9, run.elapsed - timed_from[1])
+                    epochs = planned_epochs(cfg, corpus.train_tokens, world, run.step, run.elapsed, rate)
+                    choice = regularisation_choice(cfg, epochs)  # the same on every rank: agreed clock
+                    apply_regularisation(raw_model, optimizer, cfg.dropout, cfg.weight_decay)
+                    if main_process:
+                        say(f"step {run.step}: {rate:,.0f} tokens/s; chose {choice}")
+                        (out / "run.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
                 if interrupted:
                     stop_reason = "interrupted"
                 elif cfg.max_time is not None and run.elapsed >= cfg.max_time:
@@ -819,6 +862,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     finally:
         if progress is not None:
             progress.close()  # whatever is printed next starts on its own line
+    if (cfg.dropout is None or cfg.weight_decay is None) and stop_reason != "interrupted":  # none was used
+        cfg.dropout = 0.0 if cfg.dropout is None else cfg.dropout
+        cfg.weight_decay = 0.0 if cfg.weight_decay is None else cfg.weight_decay
+        if main_process:
+            (out / "run.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     wall = time.monotonic() - session_started
     if main_process:
         if stop_reason == "interrupted":
@@ -864,8 +912,8 @@ def add_parser(subparsers) -> None:
                    help="token embedding size (default: the --size preset, or 2 sqrt(vocabulary) rounded up to 16 "
                         "if that is larger, at most --hidden)")
     g.add_argument("--dropout", type=float, default=SUPPRESS,
-                   help="dropout between layers and before the output (default: by training tokens per parameter: "
-                        "0.2 below 2, 0.1 below 20, else 0)")
+                   help="dropout between layers and before the output (default: by the epochs the budget allows: "
+                        "0.2 from 3 epochs, else 0; with --max-time set after the first 60 steps)")
     g.add_argument("--init-from", metavar="MODEL", help="start from a trained model folder (fine-tuning); same codec needed")
     g.add_argument("--freeze-rnn", action="store_true", help="with --init-from: train only the output layer")
     g = p.add_argument_group("optimisation")
@@ -881,7 +929,7 @@ def add_parser(subparsers) -> None:
                    help="learning rate at the end of the cosine decay (default: lr / 10)")
     g.add_argument("--warmup", type=int, default=d["warmup"].default, help="steps of linear learning-rate warm-up")
     g.add_argument("--weight-decay", type=float, default=SUPPRESS,
-                   help="AdamW weight decay (default: like --dropout, 0.1, 0.05 or 0)")
+                   help="AdamW weight decay (default: like --dropout, 0.1 or 0)")
     g.add_argument("--clip", type=float, default=d["clip"].default, help="gradient-norm clipping threshold")
     g.add_argument("--transpose", type=int, default=0, help="music: transpose each piece by up to +-N semitones")
     g.add_argument("--stretch", type=float, default=0.0, help="music: stretch time by up to +-this fraction (0.05 = 5%%)")

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from ensemble.data import Corpus, Piece, load_prepared, text_pieces, write_prepa
 from ensemble.errors import UserError
 from ensemble.generate import generate
 from ensemble.sampling import SamplingSettings
-from ensemble.train import (StopSignals, StreamBatcher, TrainConfig, TrainError, choose_defaults, count_parameters,
+from ensemble.train import (StopSignals, StreamBatcher, TrainConfig, TrainError, choose_defaults, default_regularisation,
+                            planned_epochs,
                             learning_rate, unigram_entropy, train)
 
 
@@ -212,7 +214,8 @@ def test_learning_rate_decays_to_its_minimum_exactly_at_the_time_budget():
     assert learning_rate(20, 50.0, both) == pytest.approx(5.5e-3)  # the time runs out first
 
 
-def test_a_time_budget_without_steps_runs_the_whole_schedule(tmp_path, periodic_text, capsys):
+def test_a_time_budget_without_steps_runs_the_whole_schedule(tmp_path, periodic_text, capsys, caplog):
+    caplog.set_level("INFO", logger="ensemble.train")
     result = train(TrainConfig(data=str(periodic_text), out=str(tmp_path / "run"), codec="text", size="xs",
                                max_time=2.0, seq_len=16, batch=4, eval_every=1_000_000, progress=False))
     assert result["stop_reason"] == "max time" and result["step"] > 50
@@ -221,25 +224,41 @@ def test_a_time_budget_without_steps_runs_the_whole_schedule(tmp_path, periodic_
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
     last_lr = float(rows[-1].split(",")[6])
     assert last_lr < 2e-3 + 0.05 * (2e-2 - 2e-3), rows[-1]  # decayed to (nearly) the minimum at the budget
-    assert "still improving" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "still improving" in out
+    # its speed measured, it chose regularisation for the epochs it would see, and trained with it
+    chose = re.search(r"step 60: [\d,]+ tokens/s; chose dropout ([\d.]+) and weight decay ([\d.]+) \(([\d.]+) epochs", caplog.text)
+    assert chose, caplog.text
+    dropout, weight_decay, epochs = (float(x) for x in chose.groups())
+    assert epochs > 1 and (dropout, weight_decay) == default_regularisation(epochs)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (run["dropout"], run["weight_decay"]) == (dropout, weight_decay)
+    assert json.loads((tmp_path / "run" / "best" / "config.json").read_text())["model"]["dropout"] == dropout
 
 
-def test_defaults_follow_model_and_corpus_size():
+def test_defaults_follow_model_size_and_the_epochs_planned():
     codec = TextCodec("abcdefgh")
     small = Corpus(codec, [Piece("a", np.zeros(1000, np.int64))], [Piece("b", np.zeros(10, np.int64))])
     cfg = TrainConfig(data="", out="", size="s")
     chosen = choose_defaults(cfg, small, None)
     assert cfg.lr == pytest.approx(1e-2) and cfg.min_lr == pytest.approx(1e-3)  # 5e-3 * 256 / 128
-    assert (cfg.dropout, cfg.weight_decay, cfg.steps) == (0.2, 0.1, 2000)
-    assert any("dropout" in c for c in chosen)
-    n = count_parameters(codec.vocab_size, "lstm", 2, 128, 48)
-    from ensemble.model import TokenRNN
-    assert n == sum(p.numel() for p in TokenRNN(codec.vocab_size, "lstm", 2, 128, 48).parameters())
-    big = Corpus(codec, [Piece("a", np.zeros(50 * n, np.int64))], small.val)
+    assert (cfg.dropout, cfg.weight_decay, cfg.steps) == (0.2, 0.1, 2000)  # 2000 x 32 x 64 tokens: 4096 epochs
+    assert any("dropout 0.2" in c and "epochs planned" in c for c in chosen)
+    four_epochs = Corpus(codec, [Piece("a", np.zeros(2000 * 32 * 64 // 4, np.int64))], small.val)
+    cfg = TrainConfig(data="", out="", size="s")
+    choose_defaults(cfg, four_epochs, None)
+    assert (cfg.dropout, cfg.weight_decay) == (0.2, 0.1)
+    cfg = TrainConfig(data="", out="", size="s", steps=2000, batch=8)  # a quarter of that: one epoch
+    choose_defaults(cfg, four_epochs, None)
+    assert (cfg.dropout, cfg.weight_decay) == (0.0, 0.0)
+    # a time budget: decided in the loop, once the speed is measured
     cfg = TrainConfig(data="", out="", size="s", max_time=60.0)
-    choose_defaults(cfg, big, None)
-    assert (cfg.dropout, cfg.weight_decay, cfg.steps) == (0.0, 0.0, None)
-    mine = TrainConfig(data="", out="", size="m", lr=1e-3, dropout=0.3, weight_decay=0.0)
+    chosen = choose_defaults(cfg, four_epochs, None)
+    assert (cfg.dropout, cfg.weight_decay, cfg.steps) == (None, None, None)
+    assert any("after step" in c for c in chosen)
+    assert planned_epochs(cfg, 64_000, world=1, step=20, elapsed=10.0, tokens_per_s=1000.0) == pytest.approx(
+        (20 * 32 * 64 + 50_000) / 64_000)
+    mine = TrainConfig(data="", out="", size="m", lr=1e-3, dropout=0.3, weight_decay=0.0, max_time=60.0)
     assert choose_defaults(mine, small, None) == []
     assert (mine.lr, mine.min_lr, mine.dropout, mine.weight_decay) == (1e-3, 1e-4, 0.3, 0.0)
     assert mine.embedding is None  # 9 tokens: the preset's 64 stays
