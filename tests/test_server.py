@@ -382,6 +382,16 @@ def test_gesture_model_plays_the_band_on_its_clock(tmp_path):
         assert "takes /ensemble/gesture" in a.recv_until("/ensemble/error")[1]
         band = server.conductor.band
         assert band.places == {"ann": 0, "ben": 1} and band.current[:2] == [3, 6]
+        # a quartet model: two more take the free places, a fifth is refused and holds nothing
+        others = [OscPeer(server.port) for _ in range(3)]
+        for peer, name in zip(others, ("cal", "dot", "eve")):
+            peer.send("/ensemble/hello", name, "127.0.0.1", peer.port)
+        for peer, name in zip(others[:2], ("cal", "dot")):
+            assert peer.recv_until("/ensemble/gesture")[0] == name
+        assert "the band is full" in others[2].recv_until("/ensemble/error")[1]
+        assert sorted(band.places.values()) == [0, 1, 2, 3] and "eve" not in server.conductor.performers
+        for peer in (a, b, *others):
+            peer.close()
 
 
 def test_wider_binding_hears_only_allowed_networks_at_a_bounded_rate(notes_model, tmp_path):
