@@ -832,12 +832,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     timed_from = (run.step, run.elapsed)
                 if (cfg.dropout is None or cfg.weight_decay is None) and run.step >= REGULARISE_AT_STEP \
                         and timed_from is not None and run.step > timed_from[0]:
-                    rate = (run.step - timed_from[0]) * cfg.batch * cfg.seq_len * world / max(1e-9, run.elapsed - timed_from[1])
+                    step_s = (run.elapsed - timed_from[1]) / (run.step - timed_from[0])
+                    # the validations to come cost time too: one is timed now, its share spread over eval_every steps
+                    eval_s = [0.0]
+                    if main_process and corpus.val:
+                        timer = time.monotonic()
+                        evaluate(raw_model, corpus.val, cfg, device)
+                        eval_s = [time.monotonic() - timer]
+                    if world > 1:
+                        torch.distributed.broadcast_object_list(eval_s, src=0)
+                    rate = cfg.batch * cfg.seq_len * world / (step_s + eval_s[0] / cfg.eval_every)
                     epochs = planned_epochs(cfg, corpus.train_tokens, world, run.step, run.elapsed, rate)
-                    choice = regularisation_choice(cfg, epochs)  # the same on every rank: agreed clock
+                    choice = regularisation_choice(cfg, epochs)  # the same on every rank: one clock, one broadcast
                     apply_regularisation(raw_model, optimizer, cfg.dropout, cfg.weight_decay)
                     if main_process:
-                        say(f"step {run.step}: {rate:,.0f} tokens/s; chose {choice}")
+                        say(f"step {run.step}: {rate:,.0f} tokens/s with validation; chose {choice}")
                         (out / "run.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
                 if interrupted:
                     stop_reason = "interrupted"

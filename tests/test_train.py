@@ -227,7 +227,7 @@ def test_a_time_budget_without_steps_runs_the_whole_schedule(tmp_path, periodic_
     out = capsys.readouterr().out
     assert "still improving" in out
     # its speed measured, it chose regularisation for the epochs it would see, and trained with it
-    chose = re.search(r"step 60: [\d,]+ tokens/s; chose dropout ([\d.]+) and weight decay ([\d.]+) \(([\d.]+) epochs", caplog.text)
+    chose = re.search(r"step 60: [\d,]+ tokens/s with validation; chose dropout ([\d.]+) and weight decay ([\d.]+) \(([\d.]+) epochs", caplog.text)
     assert chose, caplog.text
     dropout, weight_decay, epochs = (float(x) for x in chose.groups())
     assert epochs > 1 and (dropout, weight_decay) == default_regularisation(epochs)
