@@ -12,9 +12,7 @@ softmax).
 
 from __future__ import annotations
 
-import dataclasses
-
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -103,7 +101,7 @@ class TokenRNN(nn.Module):
         self.drop.p = p
         if self.config.layers > 1:
             self.rnn.dropout = p
-        self.config = dataclasses.replace(self.config, dropout=p)
+        self.config = replace(self.config, dropout=p)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "TokenRNN":

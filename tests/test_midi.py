@@ -319,6 +319,16 @@ def test_cc_controls_steer_the_style_and_the_answers_obey(notes_model):
     run(notes_model, test, midi)
 
 
+def test_every_style_setting_has_a_cc_mapping_the_style_accepts():
+    from ensemble.io.midi_settings import CONTROL_ACTIONS, control_value
+    from ensemble.server.style import SETTINGS
+
+    assert set(SETTINGS) <= set(CONTROL_ACTIONS)
+    for name, parse in SETTINGS.items():
+        values = {parse(control_value(name, v)) for v in range(128)}  # raises on a value the style refuses
+        assert len(values) >= 2, name  # the knob changes something
+
+
 # ----------------------------------------------------------------------------- hanging notes
 
 

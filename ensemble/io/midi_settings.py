@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 from ensemble.errors import UserError
 from ensemble.messages import MODES
+from ensemble.server.style import SETTINGS as STYLE_SETTINGS
 from ensemble.settings import check, setting
 
 VIRTUAL_IN, VIRTUAL_OUT = "ensemble in", "ensemble out"
 KNOWN_KEYS = {"inputs", "outputs", "virtual", "api", "thru", "feedback_ms", "poll_s", "mode",
               "performers", "controls", "optional"}
-# sampling and mode, then the style steering of `ensemble.server.style` (notes models)
-CONTROL_ACTIONS = ("temperature", "top_p", "threshold", "mode", "reset", "panic",
-                   "low", "high", "scale", "tonal", "vel_low", "vel_high", "density", "rest", "overlap", "follow")
+# sampling and mode, then every style setting of `ensemble.server.style` (notes models)
+CONTROL_ACTIONS = ("temperature", "top_p", "threshold", "mode", "reset", "panic", *STYLE_SETTINGS)
 
 @dataclass(frozen=True)
 class Route:
