@@ -45,6 +45,16 @@ def count(page, attribute: str) -> int:
     return int(page.get_attribute("#roll", f"data-{attribute}"))
 
 
+# the leftmost painted pixel in the middle of a pitch's row of the piano roll (-1: none)
+FIRST_LIT = """(pitch) => {
+    const c = document.getElementById('roll'), lo = S.welcome.low_pitch, span = S.welcome.high_pitch - lo + 1;
+    const y = Math.floor(c.height - (pitch - lo + 0.5) * (c.height / span));
+    const d = c.getContext('2d').getImageData(0, y, c.width, 1).data;
+    for (let x = 0; x < c.width; x++) if (d[4 * x + 3] > 0) return x;
+    return -1;
+}"""
+
+
 def test_join_play_hear_watch_steer_and_panic_beside_an_osc_performer(notes_model, tmp_path):
     cfg = config(notes_model, tmp_path, web="127.0.0.1:0", default_mode="duet", max_note=60.0)
     with ServerThread(cfg) as server, sync_api.sync_playwright() as pw:
@@ -82,6 +92,11 @@ def test_join_play_hear_watch_steer_and_panic_beside_an_osc_performer(notes_mode
         page.wait_for_selector('#performers tr[data-performer="ada"][data-mode="duet"]')
         page.wait_for_function("+document.getElementById('latency').dataset.count >= 1")
         assert count(page, "in") >= count(page, "mine") + 1  # oscbob's notes are on the roll too
+        # painted, not only counted: E4 (a white key's row, transparent but for notes) is lit,
+        # and the roll scrolls it left as time passes, further than the strip it repaints
+        first = page.evaluate(FIRST_LIT, 64)
+        assert first > 0
+        page.wait_for_function(f"({FIRST_LIT})(64) >= 0 && ({FIRST_LIT})(64) < {first} - REPAINT_MS * ROLL.pxPerMs - 20")
         ada = server.conductor.performers["ada"]
         assert ada.events_in == 6 and ada.owner.startswith("web:127.0.0.1:")
 
@@ -191,10 +206,13 @@ def test_a_touch_model_gets_an_xy_pad_whose_touches_are_answered(touch_model, tm
         browser.close()
 
 
-def test_bench_web_runs_and_counts_every_event(notes_model):
-    """`ensemble bench web`, briefly: it must keep working (its timings are not checked here)."""
+@pytest.mark.parametrize("driver", ["devtools", "playwright"])
+def test_bench_web_runs_and_counts_every_event(notes_model, driver):
+    """`ensemble bench web`, briefly, with either driver: it must keep working (its timings
+    are not checked here)."""
     from ensemble.bench.web import bench_web
 
-    [(n, result)] = bench_web(str(notes_model), [2], rate=20.0, seconds=0.5, chromium=CHROMIUM, warmup=0.2)
+    [(n, result)] = bench_web(str(notes_model), [2], rate=20.0, seconds=0.5, chromium=CHROMIUM, warmup=0.2,
+                              driver=driver)
     assert n == 2 and result["events"] == 2 * 10  # 20/s x 0.7 s = 14 each, less the 4 of the warm-up
     assert result["lost"] < result["events"] and result["median_ms"] > 0

@@ -9,17 +9,27 @@ just before `ws.send` to the `onmessage` of its answer: in duet mode every event
 exactly one answer, so the answer numbered k (its seq) belongs to the k-th event, and
 an event with no answer is counted as lost. Runs: 1 performer, then 16.
 
-Playwright never downloads a browser: `--chromium PATH` (default /usr/bin/chromium).
+The browser is Debian's chromium (`--chromium PATH`, default /usr/bin/chromium; nothing
+is downloaded), driven by default through the DevTools protocol with nothing enabled but
+`Runtime.evaluate` (`DevToolsPage` below, over aiohttp): a user's browser has no debugger
+recording its traffic. `--driver playwright` drives it through Playwright instead, as the
+tests do; Playwright turns on the Network domain, so every WebSocket frame is also
+reported to its driver process, which on a 2-core machine costs the page several
+milliseconds of p99 with 16 performers (measured; README, "Browser").
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -84,6 +94,97 @@ def start_server(model: str | None, record: str) -> tuple[subprocess.Popen, str]
     return proc, match.group(1)
 
 
+class DevToolsPage:
+    """One chromium page driven over the DevTools protocol: `evaluate` and nothing else
+    (no domain is enabled, so the browser reports no events to us)."""
+
+    def __init__(self, chromium: str, url: str, profile: str, extra_args=()):
+        self.proc = subprocess.Popen([chromium, *ARGS, *extra_args, "--remote-debugging-port=0",
+                                      f"--user-data-dir={profile}", url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.profile, self.url, self.ids = Path(profile), url, 0
+        self.session = self.ws = None
+
+    async def open(self, timeout: float = 30.0) -> None:
+        """Wait for the browser's DevTools port, its page target and the page's load."""
+        import aiohttp
+
+        deadline = time.monotonic() + timeout
+        port_file = self.profile / "DevToolsActivePort"  # chromium writes its port here
+        self.session = aiohttp.ClientSession()
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chromium exited with status {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"chromium gave no page for {self.url} within {timeout:g} s")
+            try:
+                port = int(port_file.read_text().split()[0])
+                async with self.session.get(f"http://127.0.0.1:{port}/json/list") as r:
+                    pages = [t for t in await r.json() if t.get("type") == "page" and t.get("url", "").startswith(self.url)]
+                if pages:
+                    break
+            except (OSError, ValueError, IndexError, aiohttp.ClientError):
+                pass
+            await asyncio.sleep(0.05)
+        self.ws = await self.session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0)
+        while not await self.evaluate("document.readyState === 'complete'", await_promise=False):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.url} did not finish loading within {timeout:g} s")
+            await asyncio.sleep(0.05)
+
+    async def evaluate(self, expression: str, await_promise: bool = True):
+        """The expression's value (JSON), after its promise settles when it gives one."""
+        self.ids += 1
+        await self.ws.send_json({"id": self.ids, "method": "Runtime.evaluate",
+                                 "params": {"expression": expression, "awaitPromise": await_promise,
+                                            "returnByValue": True}})
+        async for msg in self.ws:
+            reply = json.loads(msg.data)
+            if reply.get("id") != self.ids:
+                continue
+            if "error" in reply:
+                raise RuntimeError(f"DevTools: {reply['error'].get('message')}")
+            if "exceptionDetails" in reply["result"]:
+                details = reply["result"]["exceptionDetails"]
+                raise RuntimeError(f"in the page: {details.get('exception', {}).get('description', details.get('text'))}")
+            return reply["result"]["result"].get("value")
+        raise RuntimeError("chromium closed the DevTools connection")
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self.session is not None:
+            await self.session.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def _bench_devtools(url: str, performers, rate, seconds, warmup, chromium, profile, extra_args) -> list:
+    page = DevToolsPage(chromium, url, profile, extra_args)
+    try:
+        await page.open()
+        return [await page.evaluate(f"({PAGE_BENCH})({json.dumps([n, rate, seconds, warmup])})") for n in performers]
+    finally:
+        await page.close()
+
+
+def _bench_playwright(url: str, performers, rate, seconds, warmup, chromium, profile, extra_args) -> list:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
+                                                        args=ARGS + list(extra_args))
+        page = browser.new_page()
+        page.goto(url)
+        raws = [page.evaluate(PAGE_BENCH, [n, rate, seconds, warmup]) for n in performers]
+        browser.close()
+    return raws
+
+
 def summarize(result: dict) -> dict:
     pairs = [pair for events in result.values() for pair in events]
     ms = np.array([got - sent for sent, got in pairs if got is not None])
@@ -95,26 +196,19 @@ def summarize(result: dict) -> dict:
 
 
 def bench_web(model: str | None, performers: list[int], rate: float, seconds: float, chromium: str,
-              warmup: float = 1.0, extra_args: list[str] = ()) -> list[tuple[int, dict]]:
-    from playwright.sync_api import sync_playwright
-
-    results = []
+              warmup: float = 1.0, extra_args: list[str] = (), driver: str = "devtools") -> list[tuple[int, dict]]:
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(model, os.path.join(tmp, "rec"))
         try:
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch_persistent_context(os.path.join(tmp, "profile"), executable_path=chromium,
-                                                                headless=True, args=ARGS + list(extra_args))
-                page = browser.new_page()
-                page.goto(url)
-                for n in performers:
-                    raw = page.evaluate(PAGE_BENCH, [n, rate, seconds, warmup])
-                    results.append((n, summarize(raw)))
-                browser.close()
+            how = (performers, rate, seconds, warmup, chromium, os.path.join(tmp, "profile"), list(extra_args))
+            if driver == "playwright":
+                raws = _bench_playwright(url, *how)
+            else:
+                raws = asyncio.run(_bench_devtools(url, *how))
         finally:
             proc.terminate()
             proc.wait(20)
-    return results
+    return [(n, summarize(raw)) for n, raw in zip(performers, raws)]
 
 
 def add_arguments(p) -> None:
@@ -124,6 +218,10 @@ def add_arguments(p) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="length of each run (after 1 s of warm-up)")
     p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium",
                    help="the browser to drive (Debian's chromium; Playwright downloads nothing)")
+    p.add_argument("--driver", choices=("devtools", "playwright"), default="devtools",
+                   help="how the browser is driven: devtools (default: Runtime.evaluate only, nothing "
+                        "recorded) or playwright (as the tests do; it reports every WebSocket frame to "
+                        "its driver, which costs the page CPU)")
     p.add_argument("--browser-arg", action="append", default=[], metavar="FLAG",
                    help="an extra chromium flag (repeatable), e.g. --browser-arg=--single-process: one process "
                         "instead of renderer + network service + browser, which on a starved CPU shows how much "
@@ -136,10 +234,10 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     results = bench_web(args.model, args.performers, args.rate, args.seconds, args.chromium,
-                        extra_args=args.browser_arg)
+                        extra_args=args.browser_arg, driver=args.driver)
     load = os.getloadavg()
     print("Browser round trip on loopback (page ws.send -> its answer's onmessage, performance.now()), "
-          "server in duet mode" + (f", chromium {' '.join(args.browser_arg)}" if args.browser_arg else ""))
+          f"server in duet mode, chromium driven by {args.driver}" + (f", chromium {' '.join(args.browser_arg)}" if args.browser_arg else ""))
     print(f"{'run':<34} {'events':>7} {'lost':>5} {'median ms':>10} {'p99 ms':>8} {'max ms':>8}")
     for n, r in results:
         label = f"{n} performer{'s' if n > 1 else ''} x {args.rate:g}/s x {args.seconds:g} s"

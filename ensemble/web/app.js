@@ -17,6 +17,7 @@ const S = {
   events: [],                   // page times of recent events (events/s)
   offset: null,                 // page clock - server clock (ms), smallest seen
   audio: null, voices: {}, midi: null, pointers: {}, errors: 0,
+  rows: new Map(),              // performer id -> its <tr> in the performers table
 };
 
 // ------------------------------------------------------------------ the socket
@@ -359,37 +360,79 @@ function watch(m) {
   if (typeof m.cpu === "number") $("cpu").textContent = m.cpu.toFixed(0);
 }
 
-function color(id) {
-  let h = 0;
-  for (const c of id) h = (h * 31 + c.charCodeAt(0)) % 360;
-  return `hsl(${h}, 70%, 60%)`;
+const COLORS = {};
+function color(id) {  // one colour per performer, computed once
+  let c = COLORS[id];
+  if (c === undefined) {
+    let h = 0;
+    for (const ch of id) h = (h * 31 + ch.charCodeAt(0)) % 360;
+    c = COLORS[id] = `hsl(${h}, 70%, 60%)`;
+  }
+  return c;
+}
+
+// The roll scrolls: each frame shifts what is drawn left by whole pixels and repaints only
+// the newest REPAINT_MS at the right (the notes still sounding or just arrived: events come
+// in batches at most ~50 ms late), so a frame costs the same with 1 performer or 16 and
+// the page's main thread stays free for the answers. A new size or range repaints it all.
+const REPAINT_MS = 400;
+const ROLL_FRAME_MS = 32;  // ~30 frames a second: smooth enough to watch, half the drawing of 60
+const ROLL = { key: "", edge: 0, pxPerMs: 0, pruned: 0, painted: 0 };
+
+function paintRoll(g, W, H, lo, span, from, to) {
+  // clear and repaint the strip of times [from, to]; ROLL.edge (time) is the right edge
+  const xOf = (t) => W - (ROLL.edge - t) * ROLL.pxPerMs;
+  const x = Math.max(0, Math.floor(xOf(from))), row = H / span;
+  g.clearRect(x, 0, W - x, H);
+  g.save();
+  g.beginPath(); g.rect(x, 0, W - x, H); g.clip();
+  g.fillStyle = "#171a20";
+  for (let p = lo; p < lo + span; p++) if (BLACK.has(p % 12)) g.fillRect(x, H - (p - lo + 1) * row, W - x, row);
+  for (const n of S.notes) {
+    if (n.end !== null && n.end < from) continue;
+    // a long note's left edge stays outside the strip (its outline was drawn when it began)
+    const x0 = xOf(Math.max(n.start, from - 4 / ROLL.pxPerMs)), x1 = xOf(n.end === null ? to : n.end);
+    const y = H - (n.pitch - lo + 1) * row, w = Math.max(2, x1 - x0), h = Math.max(2, row - 1);
+    g.fillStyle = color(n.performer);
+    g.globalAlpha = n.dir === "in" ? 0.35 + 0.65 * (n.velocity / 127) : 0.25;
+    g.fillRect(x0, y, w, h);
+    if (n.dir === "out") {  // the machine's answers: outlined
+      g.globalAlpha = 1; g.strokeStyle = g.fillStyle; g.lineWidth = 1.5;
+      g.strokeRect(x0, y, w, h);
+    }
+  }
+  g.restore();
 }
 
 function drawRoll() {
+  requestAnimationFrame(drawRoll);
+  const now = performance.now();
+  if (now - ROLL.painted < ROLL_FRAME_MS - 4) return;
+  ROLL.painted = now;
   const c = $("roll");
   if (c.width !== c.clientWidth * devicePixelRatio) { c.width = c.clientWidth * devicePixelRatio; c.height = c.clientHeight * devicePixelRatio; }
   const g = c.getContext("2d"), W = c.width, H = c.height;
-  const now = performance.now(), from = now - ROLL_SECONDS * 1000;
-  S.notes = S.notes.filter((n) => n.end === null || n.end > from);
   const w = S.welcome || { low_pitch: 36, high_pitch: 96 };
-  const lo = w.low_pitch, span = w.high_pitch - w.low_pitch + 1, row = H / span;
-  g.clearRect(0, 0, W, H);
-  g.fillStyle = "#171a20";
-  for (let p = lo; p < lo + span; p++) if (BLACK.has(p % 12)) g.fillRect(0, H - (p - lo + 1) * row, W, row);
-  for (const n of S.notes) {
-    const x0 = ((Math.max(n.start, from) - from) / (ROLL_SECONDS * 1000)) * W;
-    const x1 = (((n.end === null ? now : n.end) - from) / (ROLL_SECONDS * 1000)) * W;
-    const y = H - (n.pitch - lo + 1) * row;
-    g.fillStyle = color(n.performer);
-    g.globalAlpha = n.dir === "in" ? 0.35 + 0.65 * (n.velocity / 127) : 0.25;
-    g.fillRect(x0, y, Math.max(2, x1 - x0), Math.max(2, row - 1));
-    if (n.dir === "out") {  // the machine's answers: outlined
-      g.globalAlpha = 1; g.strokeStyle = color(n.performer); g.lineWidth = 1.5;
-      g.strokeRect(x0, y, Math.max(2, x1 - x0), Math.max(2, row - 1));
-    }
+  const lo = w.low_pitch, span = w.high_pitch - w.low_pitch + 1;
+  const key = `${W}x${H}:${lo}:${span}`;
+  if (now - ROLL.pruned > 1000) {  // forget notes that have scrolled out of sight
+    const from = now - ROLL_SECONDS * 1000;
+    S.notes = S.notes.filter((n) => n.end === null || n.end > from);
+    ROLL.pruned = now;
   }
-  g.globalAlpha = 1;
-  requestAnimationFrame(drawRoll);
+  if (key !== ROLL.key || now - ROLL.edge > REPAINT_MS / 2) {  // first frame, new size or range, or a long pause (hidden tab): everything
+    ROLL.key = key; ROLL.edge = now; ROLL.pxPerMs = W / (ROLL_SECONDS * 1000);
+    paintRoll(g, W, H, lo, span, now - ROLL_SECONDS * 1000, now);
+    return;
+  }
+  const dx = Math.floor((now - ROLL.edge) * ROLL.pxPerMs);  // whole pixels: no blur, no drift
+  if (dx > 0) {
+    ROLL.edge += dx / ROLL.pxPerMs;
+    g.globalCompositeOperation = "copy";
+    g.drawImage(c, -dx, 0);
+    g.globalCompositeOperation = "source-over";
+  }
+  paintRoll(g, W, H, lo, span, ROLL.edge - REPAINT_MS, ROLL.edge);
 }
 
 function table(rows) {
@@ -405,20 +448,29 @@ function table(rows) {
     seen[p.id] = true;
   }
   for (const id of Object.keys(S.performers)) if (!seen[id]) delete S.performers[id];
-  body.innerHTML = "";
+  // update the rows in place (a cell's text only where it changed): rebuilding the table
+  // twice a second re-laid the page out under a busy band
+  for (const [id, tr] of S.rows) if (!seen[id]) { tr.remove(); S.rows.delete(id); }
   for (const p of Object.values(S.performers)) {
-    const tr = body.insertRow();
-    tr.dataset.performer = p.id;
-    tr.dataset.mode = p.mode;
-    if (p.id === S.selected) tr.className = "selected";
+    let tr = S.rows.get(p.id);
+    if (!tr) {
+      tr = body.insertRow();
+      tr.dataset.performer = p.id;
+      for (let i = 0; i < 9; i++) tr.insertCell().appendChild(document.createTextNode(""));
+      const s = document.createElement("span"); s.className = "swatch"; s.style.background = color(p.id);
+      tr.cells[0].insertBefore(s, tr.cells[0].firstChild);
+      tr.onclick = () => select(p.id);
+      S.rows.set(p.id, tr);
+    }
+    if (tr.dataset.mode !== p.mode) tr.dataset.mode = p.mode;
+    const cls = p.id === S.selected ? "selected" : "";
+    if (tr.className !== cls) tr.className = cls;
     const cells = [p.id, p.transport, p.mode + (p.silenced_by_panic ? " (panic)" : ""), p.temperature.toFixed(2),
       p.top_p.toFixed(2), p.threshold.toFixed(1), p.events_in, p.events_out, p.rate.toFixed(1)];
     cells.forEach((v, i) => {
-      const td = tr.insertCell();
-      if (i === 0) { const s = document.createElement("span"); s.className = "swatch"; s.style.background = color(p.id); td.appendChild(s); }
-      td.appendChild(document.createTextNode(v));
+      const text = tr.cells[i].lastChild, value = String(v);
+      if (text.data !== value) text.data = value;
     });
-    tr.onclick = () => select(p.id);
   }
   if (S.selected && S.performers[S.selected] && !(document.activeElement && document.activeElement.closest("#steer"))) showSettings(S.performers[S.selected]);
 }
@@ -431,7 +483,9 @@ function showRate() {
 
 function drawCells(cells) {
   const c = $("cells"), g = c.getContext("2d");
-  g.drawImage(c, -2, 0);  // scroll left; the newest column on the right
+  g.globalCompositeOperation = "copy";  // scroll left (replacing, not blending); the newest column on the right
+  g.drawImage(c, -2, 0);
+  g.globalCompositeOperation = "source-over";
   if (!cells) return;
   const h = c.height / cells.length;
   cells.forEach((v, i) => {
@@ -446,6 +500,7 @@ function drawCells(cells) {
 
 function select(id) {
   S.selected = id;
+  for (const [rid, tr] of S.rows) tr.className = rid === id ? "selected" : "";
   $("selected").textContent = id;
   $("cells-label").textContent = `LSTM cells of ${id} (top layer)`;
   send("/ensemble/watch", id);
