@@ -127,7 +127,16 @@ class DevToolsPage:
                 pass
             await asyncio.sleep(0.05)
         self.ws = await self.session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0)
-        while not await self.evaluate("document.readyState === 'complete'", await_promise=False):
+        # the target names the URL before the page has left about:blank, and a context can be
+        # replaced under an evaluate while it navigates: ask until it is our page, loaded
+        loaded = f"location.href.startsWith({json.dumps(self.url)}) && document.readyState === 'complete'"
+        while True:
+            try:
+                if await self.evaluate(loaded, await_promise=False):
+                    return
+            except RuntimeError:
+                if self.proc.poll() is not None:
+                    raise
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.url} did not finish loading within {timeout:g} s")
             await asyncio.sleep(0.05)
