@@ -373,10 +373,10 @@ class Conductor:
 
     def _duet(self, p: Performer, values: tuple) -> None:
         """Answer at once: the performer's next event as the model expects it."""
-        answer = p.extra.pop("duet_note", None)
-        if answer is not None:  # one answer note at a time: the last one ends now
-            self.held.note(p, answer, 0)
+        previous = p.extra.pop("duet_note", None)  # one answer note at a time: the last one ends now
         if not self.adapter.answers(values):
+            if previous is not None:
+                self.held.note(p, previous, 0)
             return
         if p.style is None:
             event = self.adapter.event(int(self.sampler(p.logits, p.settings, p.rng, self.duet_mask)))
@@ -386,6 +386,11 @@ class Conductor:
         if event.kind == "note":
             p.extra["duet_note"] = event.values[0]
         self._emit(p, event)
+        # the last answer's note-off goes after the new answer, not before it: the player is
+        # waiting for the new note, and outputs end notes by pitch (MIDI, Pd's [poly], the
+        # page). The same pitch again was already ended by HeldNotes before it was struck.
+        if previous is not None and not (event.kind == "note" and event.values[0] == previous):
+            self.held.note(p, previous, 0)
 
     def _sample(self, p: Performer) -> int:
         if p.style is None:
