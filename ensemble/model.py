@@ -7,7 +7,9 @@ calls `step` with one token per performer, each performer owning one row of the 
 The plain RNN cell is Elman's h_t = tanh(U x_t + V h_{t-1} + b) (torch's nn.RNN with
 tanh; its two bias vectors add up to b). The output is a softmax over the vocabulary,
 trained with categorical cross-entropy (the logits are returned, the loss applies the
-softmax).
+softmax). With `tie` the output layer's weight matrix is the embedding itself (inputs
+and outputs share one vector per token; embedding == hidden); saved models still hold
+both arrays, so the live engines need not know.
 """
 
 from __future__ import annotations
@@ -83,9 +85,10 @@ class TokenRNN(nn.Module):
         hidden: int = 256,
         embedding: int = 64,
         dropout: float = 0.0,
+        tie: bool = False,
     ):
         super().__init__()
-        self.config = ModelConfig(vocab_size, cell, layers, hidden, embedding, dropout)
+        self.config = ModelConfig(vocab_size, cell, layers, hidden, embedding, dropout, tie)
         self.embed = nn.Embedding(vocab_size, embedding)
         rnn_class = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell]
         extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
@@ -95,6 +98,8 @@ class TokenRNN(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab_size)
+        if tie:  # one matrix both reads tokens in and scores them out (Press & Wolf 2017)
+            self.head.weight = self.embed.weight
 
     def set_dropout(self, p: float) -> None:
         """Change dropout mid-run (the trainer chooses it once it knows its speed)."""

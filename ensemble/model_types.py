@@ -33,6 +33,7 @@ class ModelConfig:
     hidden: int = 256
     embedding: int = 64
     dropout: float = 0.0
+    tie: bool = False  # the output layer's weights are the embedding's (embedding == hidden)
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -43,9 +44,15 @@ class ModelConfig:
             raise ValueError(f"vocab_size >= 2, hidden >= 1 and embedding >= 1 needed, got {self}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tie and self.embedding != self.hidden:
+            raise ValueError(f"tied embeddings need embedding == hidden, got embedding {self.embedding} "
+                             f"and hidden {self.hidden}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.tie:  # untied folders stay readable by versions without the option
+            del d["tie"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

@@ -95,6 +95,7 @@ class TrainConfig:
     layers: int | None = None
     hidden: int | None = None
     embedding: int | None = None
+    tie_embeddings: bool = False  # the output layer shares the embedding (which then is --hidden wide)
     dropout: float | None = None  # None: from the epochs the budget allows (default_regularisation)
     # optimisation
     seq_len: int = 64
@@ -125,7 +126,8 @@ class TrainConfig:
         if self.size not in SIZES:
             raise TrainError(f"--size must be one of {', '.join(SIZES)}, got {self.size!r}")
         layers, hidden, embedding = SIZES[self.size]
-        return (self.layers or layers, self.hidden or hidden, self.embedding or embedding)
+        hidden = self.hidden or hidden
+        return (self.layers or layers, hidden, self.embedding or (hidden if self.tie_embeddings else embedding))
 
 
 # ---------------------------------------------------------------------------- data
@@ -425,7 +427,10 @@ def choose_defaults(cfg: TrainConfig, corpus: data.Corpus, init, world: int = 1)
     else:
         shape = cfg.model_shape()
     layers, hidden, embedding = shape
-    if init is None and cfg.embedding is None and default_embedding(corpus.codec.vocab_size, hidden) > embedding:
+    if init is not None and cfg.tie_embeddings and not init.model.config.tie:
+        raise TrainError("--tie-embeddings: the --init-from model has separate input and output weights")
+    if (init is None and cfg.embedding is None and not cfg.tie_embeddings
+            and default_embedding(corpus.codec.vocab_size, hidden) > embedding):
         cfg.embedding = embedding = default_embedding(corpus.codec.vocab_size, hidden)
         chosen.append(f"embedding {embedding} ({corpus.codec.vocab_size} tokens)")
     if cfg.steps is None and cfg.max_time is None:
@@ -580,10 +585,13 @@ def build_model(cfg: TrainConfig, vocab_size: int, init, device) -> TokenRNN:
     else:
         layers, hidden, embedding = cfg.model_shape()
         try:
-            model = TokenRNN(vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout or 0.0)
+            model = TokenRNN(vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout or 0.0, cfg.tie_embeddings)
         except ValueError as exc:
             raise TrainError(str(exc)) from None
     model.to(device).train()
+    if cfg.freeze_rnn and model.config.tie:
+        raise TrainError("--freeze-rnn trains only the output layer, which a model with tied embeddings shares "
+                         "with its input")
     if cfg.freeze_rnn:
         for p in list(model.embed.parameters()) + list(model.rnn.parameters()):
             p.requires_grad_(False)
@@ -920,6 +928,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--embedding", type=int,
                    help="token embedding size (default: the --size preset, or 2 sqrt(vocabulary) rounded up to 16 "
                         "if that is larger, at most --hidden)")
+    g.add_argument("--tie-embeddings", action="store_true",
+                   help="the output layer shares the token embedding (which is then --hidden wide): fewer "
+                        "parameters for a large vocabulary")
     g.add_argument("--dropout", type=float, default=SUPPRESS,
                    help="dropout between layers and before the output (default: by the epochs the budget allows: "
                         "0.2 from 3 epochs, else 0; with --max-time set after the first 60 steps)")

@@ -466,3 +466,36 @@ def test_prepared_corpus_without_validation_pieces_says_what_to_do(tmp_path):
     result = train(TrainConfig(data=str(tmp_path / "corpus"), out=str(tmp_path / "run"), size="xs", steps=2,
                                seq_len=4, batch=2, eval_every=2, val_fraction=0, progress=False))
     assert result["step"] == 2 and (tmp_path / "run" / "best" / "config.json").exists()
+
+
+def test_tied_embeddings_train_save_and_serve(tmp_path, periodic_text):
+    """--tie-embeddings: one matrix in and out, learned as one (not two copies drifting
+    apart), saved as two arrays the live engine reads like any model's."""
+    from ensemble.checkpoint import load_live
+    from ensemble.engine import make_engine
+
+    out = tmp_path / "tied"
+    train(TrainConfig(data=str(periodic_text), out=str(out), codec="text", tie_embeddings=True, size="xs",
+                      hidden=48, steps=300, seq_len=32, batch=8, eval_every=100, lr=2e-2, progress=False))
+    ckpt = checkpoint.load(out / "best")
+    model = ckpt.model
+    assert model.config.tie and model.config.embedding == 48
+    assert model.head.weight is model.embed.weight  # tied again after loading
+    saved = _weights(out / "best")
+    assert torch.equal(saved["head.weight"], saved["embed.weight"])
+    assert ckpt.meta["validation"]["loss_nats"] < ckpt.meta["data"]["unigram_entropy_nats"] / 4
+    from dataclasses import replace
+
+    from ensemble.model import TokenRNN
+    untied = TokenRNN.from_config(replace(model.config, tie=False))
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(model) == count(untied) - ckpt.codec.vocab_size * 48  # one vocab x hidden matrix less
+    live = make_engine(load_live(out / "best").model, "numpy", 2)
+    ref = make_engine(model, "torch", 2)
+    a, b = live.alloc_slot(), ref.alloc_slot()
+    for token in ckpt.codec.encode(PERIOD[:20]):
+        np.testing.assert_allclose(live.step_one(a, token), ref.step_one(b, token), atol=1e-5)
+    with pytest.raises(TrainError, match="embedding == hidden"):
+        train(TrainConfig(data=str(periodic_text), out=str(tmp_path / "bad"), codec="text", tie_embeddings=True,
+                          hidden=48, embedding=32, steps=1, progress=False))
+    assert not (tmp_path / "bad" / "best").exists()
