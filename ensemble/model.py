@@ -101,6 +101,13 @@ class TokenRNN(nn.Module):
         if tie:  # one matrix both reads tokens in and scores them out (Press & Wolf 2017)
             self.head.weight = self.embed.weight
 
+    def untie(self) -> None:
+        """Give the output layer weights of its own (a copy of the shared ones), e.g. to
+        fine-tune it alone."""
+        if self.config.tie:
+            self.head.weight = nn.Parameter(self.embed.weight.detach().clone())
+            self.config = replace(self.config, tie=False)
+
     def set_dropout(self, p: float) -> None:
         """Change dropout mid-run (the trainer chooses it once it knows its speed)."""
         self.drop.p = p

@@ -32,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from argparse import SUPPRESS
+from argparse import SUPPRESS, BooleanOptionalAction
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -64,8 +64,11 @@ def recorded_settings(cfg: "TrainConfig", model_config) -> dict:
     do not name the machine it was trained on."""
     settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
     shape = (model_config.layers, model_config.hidden, model_config.embedding)
-    settings["size"] = next((name for name, preset in SIZES.items() if preset == shape), "custom")
+    tie = getattr(model_config, "tie", False)
+    settings["size"] = next((name for name, (l, h, e) in SIZES.items()
+                             if (l, h) == shape[:2] and (tie or e == shape[2])), "custom")  # tied: embedding = hidden
     settings["layers"], settings["hidden"], settings["embedding"] = shape
+    settings["tie_embeddings"] = tie
     settings["cell"], settings["dropout"] = model_config.cell, model_config.dropout
     for key in ("data", "out", "init_from", "val_data"):
         if settings.get(key):
@@ -95,7 +98,9 @@ class TrainConfig:
     layers: int | None = None
     hidden: int | None = None
     embedding: int | None = None
-    tie_embeddings: bool = False  # the output layer shares the embedding (which then is --hidden wide)
+    # the output layer shares the embedding (which then is --hidden wide); None: yes, unless
+    # --embedding asks for another width or --init-from's model is untied (choose_defaults)
+    tie_embeddings: bool | None = None
     dropout: float | None = None  # None: from the epochs the budget allows (default_regularisation)
     # optimisation
     seq_len: int = 64
@@ -424,11 +429,17 @@ def choose_defaults(cfg: TrainConfig, corpus: data.Corpus, init, world: int = 1)
         shape = (init.model.config.layers, init.model.config.hidden, init.model.config.embedding)
         if cfg.dropout is None:
             cfg.dropout = init.model.config.dropout
+        if cfg.tie_embeddings and not init.model.config.tie:
+            raise TrainError("--tie-embeddings: the --init-from model has separate input and output weights")
+        if cfg.tie_embeddings is None:
+            cfg.tie_embeddings = init.model.config.tie and not cfg.freeze_rnn
     else:
+        if cfg.tie_embeddings is None:  # tied unless a width of its own was asked for (README "Tied embeddings")
+            cfg.tie_embeddings = cfg.embedding is None or cfg.embedding == cfg.model_shape()[1]
+            if cfg.tie_embeddings:
+                chosen.append("tied embeddings")
         shape = cfg.model_shape()
     layers, hidden, embedding = shape
-    if init is not None and cfg.tie_embeddings and not init.model.config.tie:
-        raise TrainError("--tie-embeddings: the --init-from model has separate input and output weights")
     if (init is None and cfg.embedding is None and not cfg.tie_embeddings
             and default_embedding(corpus.codec.vocab_size, hidden) > embedding):
         cfg.embedding = embedding = default_embedding(corpus.codec.vocab_size, hidden)
@@ -585,13 +596,15 @@ def build_model(cfg: TrainConfig, vocab_size: int, init, device) -> TokenRNN:
     else:
         layers, hidden, embedding = cfg.model_shape()
         try:
-            model = TokenRNN(vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout or 0.0, cfg.tie_embeddings)
+            model = TokenRNN(vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout or 0.0, bool(cfg.tie_embeddings))
         except ValueError as exc:
             raise TrainError(str(exc)) from None
     model.to(device).train()
-    if cfg.freeze_rnn and model.config.tie:
-        raise TrainError("--freeze-rnn trains only the output layer, which a model with tied embeddings shares "
-                         "with its input")
+    if cfg.freeze_rnn and model.config.tie:  # the output layer alone learns: it gets a copy of its own
+        if cfg.tie_embeddings:
+            raise TrainError("--freeze-rnn trains only the output layer, which --tie-embeddings shares with "
+                             "the input; leave --tie-embeddings out and the output layer is untied for it")
+        model.untie()
     if cfg.freeze_rnn:
         for p in list(model.embed.parameters()) + list(model.rnn.parameters()):
             p.requires_grad_(False)
@@ -928,9 +941,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--embedding", type=int,
                    help="token embedding size (default: the --size preset, or 2 sqrt(vocabulary) rounded up to 16 "
                         "if that is larger, at most --hidden)")
-    g.add_argument("--tie-embeddings", action="store_true",
-                   help="the output layer shares the token embedding (which is then --hidden wide): fewer "
-                        "parameters for a large vocabulary")
+    g.add_argument("--tie-embeddings", action=BooleanOptionalAction, default=None,
+                   help="the output layer shares the token embedding, which is then --hidden wide (default: "
+                        "yes, unless --embedding asks for another width or --init-from's model is untied)")
     g.add_argument("--dropout", type=float, default=SUPPRESS,
                    help="dropout between layers and before the output (default: by the epochs the budget allows: "
                         "0.2 from 3 epochs, else 0; with --max-time set after the first 60 steps)")

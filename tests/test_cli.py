@@ -53,6 +53,8 @@ def test_mismatched_weights_are_reported(tmp_path, text_run):
     bad.mkdir()
     config = json.loads((text_run / "best" / "config.json").read_text())
     config["model"]["hidden"] *= 2
+    if config["model"].get("tie"):  # a valid config (tied: embedding = hidden) whose weights do not fit it
+        config["model"]["embedding"] = config["model"]["hidden"]
     (bad / "config.json").write_text(json.dumps(config))
     (bad / "weights.safetensors").write_bytes((text_run / "best" / "weights.safetensors").read_bytes())
     r = run("generate", "--model", str(bad))

@@ -355,6 +355,8 @@ def test_load_live_gives_the_same_engine_without_torch(notes_model, tmp_path):
     config = json.loads((notes_model / "config.json").read_text())
     assert config["model_type"] == "token-rnn"
     config["model"]["hidden"] *= 2
+    if config["model"].get("tie"):  # a valid config (tied: embedding = hidden) whose weights do not fit it
+        config["model"]["embedding"] = config["model"]["hidden"]
     (bad / "config.json").write_text(json.dumps(config))
     (bad / "weights.safetensors").write_bytes(data)
     with pytest.raises(checkpoint.CheckpointError, match="shape"):

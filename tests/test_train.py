@@ -258,8 +258,14 @@ def test_defaults_follow_model_size_and_the_epochs_planned():
     assert any("after step" in c for c in chosen)
     assert planned_epochs(cfg, 64_000, world=1, step=20, elapsed=10.0, tokens_per_s=1000.0) == pytest.approx(
         (20 * 32 * 64 + 50_000) / 64_000)
-    mine = TrainConfig(data="", out="", size="m", lr=1e-3, dropout=0.3, weight_decay=0.0, max_time=60.0)
+    mine = TrainConfig(data="", out="", size="m", lr=1e-3, dropout=0.3, weight_decay=0.0, max_time=60.0,
+                       tie_embeddings=False)
     assert choose_defaults(mine, small, None) == []
+    tied = TrainConfig(data="", out="", size="m", lr=1e-3, dropout=0.3, weight_decay=0.0, max_time=60.0)
+    assert choose_defaults(tied, small, None) == ["tied embeddings"] and tied.model_shape() == (2, 256, 256)
+    wide = TrainConfig(data="", out="", size="m", embedding=64)  # a width of its own: untied
+    choose_defaults(wide, small, None)
+    assert wide.tie_embeddings is False and wide.model_shape() == (2, 256, 64)
     assert (mine.lr, mine.min_lr, mine.dropout, mine.weight_decay) == (1e-3, 1e-4, 0.3, 0.0)
     assert mine.embedding is None  # 9 tokens: the preset's 64 stays
 
@@ -268,10 +274,10 @@ def test_a_large_vocabulary_gets_a_wider_embedding():
     notes = Corpus(TextCodec([chr(0x100 + i) for i in range(3659)]), [Piece("a", np.zeros(10, np.int64))] * 2,
                    [Piece("b", np.zeros(10, np.int64))])
     assert notes.codec.vocab_size == 3660  # as many as the notes codec's tokens
-    cfg = TrainConfig(data="", out="", size="s")
+    cfg = TrainConfig(data="", out="", size="s", tie_embeddings=False)  # (tied, the embedding is --hidden wide)
     assert any("embedding 128" in c for c in choose_defaults(cfg, notes, None))
     assert cfg.model_shape() == (2, 128, 128)  # 2 sqrt(3660) = 121, rounded up to 16; at most hidden
-    cfg = TrainConfig(data="", out="", size="xs")
+    cfg = TrainConfig(data="", out="", size="xs", tie_embeddings=False)
     choose_defaults(cfg, notes, None)
     assert cfg.model_shape() == (1, 64, 64)
     cfg = TrainConfig(data="", out="", size="s", embedding=32)
@@ -378,7 +384,8 @@ def test_model_card_records_the_real_shape_and_no_machine_paths(tmp_path, text_r
                       steps=2, seq_len=16, batch=4, eval_every=2, progress=False))
     config = json.loads((out / "best" / "config.json").read_text())
     settings = config["training"]
-    assert (settings["size"], settings["layers"], settings["hidden"], settings["embedding"]) == ("xs", 1, 64, 32)
+    assert (settings["size"], settings["layers"], settings["hidden"], settings["embedding"]) == ("xs", 1, 64, 64)
+    assert settings["tie_embeddings"] is True  # the default, and the --init-from model's
     assert settings["init_from"] == f"{text_run.name}/best"
     assert settings["data"] == periodic_text.name and settings["out"] == out.name
     card = (out / "best" / "README.md").read_text()
