@@ -53,6 +53,20 @@ class OscPeer:
                 return before, json.loads(args[0])
             before.append(args)
 
+    def drain(self) -> int:
+        """Throw away what has arrived and not been read (after a server has stopped, all
+        of its sends are here: loopback delivers at send time); how many datagrams."""
+        self.sock.setblocking(False)
+        n = 0
+        try:
+            while True:
+                self.sock.recvfrom(65536)
+                n += 1
+        except BlockingIOError:
+            return n
+        finally:
+            self.sock.setblocking(True)
+
     def close(self) -> None:
         self.sock.close()
 
