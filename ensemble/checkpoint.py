@@ -74,7 +74,7 @@ def save(folder, model: "TokenRNN", codec, meta: dict | None = None) -> Path:
     tmp.chmod(0o755)  # mkdtemp makes an owner-only folder; a model folder is ordinary data
     try:
         state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-        if getattr(model.config, "tie", False):  # safetensors stores no shared tensors: a copy each
+        if model.config.tie:  # safetensors stores no shared tensors: a copy each
             state["head.weight"] = state["head.weight"].clone()
         save_file(state, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")

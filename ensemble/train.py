@@ -64,7 +64,7 @@ def recorded_settings(cfg: "TrainConfig", model_config) -> dict:
     do not name the machine it was trained on."""
     settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
     shape = (model_config.layers, model_config.hidden, model_config.embedding)
-    tie = getattr(model_config, "tie", False)
+    tie = model_config.tie
     settings["size"] = next((name for name, (l, h, e) in SIZES.items()
                              if (l, h) == shape[:2] and (tie or e == shape[2])), "custom")  # tied: embedding = hidden
     settings["layers"], settings["hidden"], settings["embedding"] = shape
