@@ -9,8 +9,9 @@ numpy, which on these small CPUs is several times faster per event than torch ea
   `set_state` (plain numpy arrays, for snapshots), growable.
 - **NumpyEngine**: float32 copies of a TokenRNN's weights, the gate weights of each
   layer fused so that ONE matmul of [x, h] gives all the gates of all the stepped
-  slots; preallocated buffers and in-place ufuncs, so a step allocates (almost)
-  nothing. rnn, gru and lstm cells, 1-3 layers.
+  slots, and the first layer's input part precomputed per token (the *input table*);
+  preallocated buffers and in-place ufuncs, so a step allocates (almost) nothing.
+  rnn, gru and lstm cells, 1-3 layers.
 - **TorchEngine**: the same interface around the torch model itself (inference mode,
   oneDNN off during the step): the reference the numpy engine is tested against.
 - **Sampler** (defined in `ensemble.sampling`, importable from here too): the server's
@@ -34,6 +35,17 @@ the output layer reads ``[h_{L-1}, 1]`` (its bias meets the trailing 1). LSTM ce
 bank row; a batch is gathered into a work buffer, stepped, and scattered back; small
 batches go row by row, because a matrix-vector product per row is cheaper than one
 small-M matrix product there (measured, see `GEMV_MAX_BATCH`).
+
+The input table: the first layer's gates are ``[1, x, h_0] @ W0``, and the ``[1, x]``
+part depends on the token alone, so the engine computes it for every token once, when
+it is built (``table[v] = [1, embedding[v]] @ W0[:1 + E]``, in float64, then float32),
+and a step reads one table row and multiplies only ``h_0`` by the recurrent rows of
+``W0``. That removes the embedding's share of the first layer's matrix product (a tied
+2 x 256 model's first layer reads 513 rows of weights without the table, 256 with it)
+and the embedding copy; the bank rows then hold no ``x`` (``[1 | h_0 | ... | 1]``, the
+leading 1 unused). The table is vocabulary x gates floats (folk-notes: 3.7 MB), so it
+is built only up to `INPUT_TABLE_MAX_BYTES`; beyond that the engine steps the
+embedding as above.
 
 Gate columns are reordered so the sigmoid gates are contiguous (LSTM: i, f, o, g; GRU:
 r, z, n_x, n_h) and their weights are pre-scaled by 1/2 (exact in floating point):
@@ -69,6 +81,11 @@ def as_weights(model: AnyModel) -> ModelWeights:
 # costs about as much as 4 separate products (a (4 x 257) @ (257 x 3660) head more),
 # 16 rows cost 6-10 rows' worth. Measured crossover: 4-6 rows.
 GEMV_MAX_BATCH = 4
+
+
+# The largest input table (see the module doc) the numpy engine builds: a step reads one
+# of its rows, so its size costs memory and build time, not step time.
+INPUT_TABLE_MAX_BYTES = 64 << 20
 
 
 def padded_width(n: int) -> int:
@@ -399,35 +416,57 @@ class NumpyEngine(Engine):
 
     kind = "numpy"
 
-    def __init__(self, model: AnyModel, slots: int = 16):
+    def __init__(self, model: AnyModel, slots: int = 16, input_table: bool | None = None):
+        """`input_table`: precompute the first layer's input part per token (None: when
+        the table fits in `INPUT_TABLE_MAX_BYTES`)."""
         weights = as_weights(model)
         cfg = weights.config
-        super().__init__(weights, StateBank(cfg.layers, cfg.hidden, cfg.cell == "lstm", slots, cfg.embedding))
-        self.cell, self.layers, self.hidden = cfg.cell, cfg.layers, cfg.hidden
         E, H, L = cfg.embedding, cfg.hidden, cfg.layers
+        fused = _fused_layers(weights)
+        gate_width = padded_width(fused[0][0].shape[1])
+        if input_table is None:
+            input_table = cfg.vocab_size * gate_width * 4 <= INPUT_TABLE_MAX_BYTES
+        x_width = 0 if input_table else E
+        super().__init__(weights, StateBank(L, H, cfg.cell == "lstm", slots, x_width))
+        self.cell, self.layers, self.hidden = cfg.cell, L, H
         f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
-        self.embedding = np.array(weights.arrays["embed.weight"], dtype=np.float32)  # a copy
+        pad = lambda M: np.pad(M, ((0, 0), (0, gate_width - M.shape[1])))  # zero columns: gates that stay 0
+        embedding = np.asarray(weights.arrays["embed.weight"], dtype=np.float64)
         self.weights, self.biases = [], []
-        for layer, (M, b) in enumerate(_fused_layers(weights)):
-            pad = ((0, 0), (0, padded_width(M.shape[1]) - M.shape[1]))  # zero columns: gates that stay 0
-            if layer == 0:  # input [1, x, h_0]: the bias is the first weight row
-                self.weights.append(f32(np.pad(np.concatenate([b[None, :], M], axis=0), pad)))
+        self.embedding = self.input_table = None
+        for layer, (M, b) in enumerate(fused):
+            if layer == 0:
+                x_rows = np.concatenate([b[None, :], M[:E]], axis=0)  # [1, x] meets these rows
+                if input_table:  # table[v] = [1, x_v] @ x_rows; the step multiplies h_0 only
+                    ones = np.ones((cfg.vocab_size, 1))
+                    self.input_table = f32(pad(np.concatenate([ones, embedding], axis=1) @ x_rows))
+                    self.weights.append(f32(pad(M[E:])))
+                else:  # input [1, x, h_0]: the bias is the first weight row
+                    self.embedding = f32(embedding)
+                    self.weights.append(f32(pad(np.concatenate([x_rows, M[E:]], axis=0))))
                 self.biases.append(None)
             else:
-                self.weights.append(f32(np.pad(M, pad)))
-                self.biases.append(f32(np.pad(b, pad[1])))
+                self.weights.append(f32(pad(M)))
+                self.biases.append(f32(pad(b[None, :])[0]))
         head_w = np.asarray(weights.arrays["head.weight"], dtype=np.float64)
         head_b = np.asarray(weights.arrays["head.bias"], dtype=np.float64)
         head = np.concatenate([head_w.T, head_b[None, :]], axis=0)  # input [h_{L-1}, 1]
         self.head = f32(np.pad(head, ((0, 0), (0, padded_width(self.vocab_size) - self.vocab_size))))
-        self.gate_width = self.weights[0].shape[1]
+        self.gate_width = gate_width
         # column ranges of each layer's matmul input, and of each h, in a bank row
         hs = self.bank.h_start
         self._h_cols = [slice(hs + l * H, hs + (l + 1) * H) for l in range(L)]
-        self._in_cols = [slice(0, hs + H)] + [slice(hs + (l - 1) * H, hs + (l + 1) * H) for l in range(1, L)]
+        first = slice(hs, hs + H) if input_table else slice(0, hs + H)
+        self._in_cols = [first] + [slice(hs + (l - 1) * H, hs + (l + 1) * H) for l in range(1, L)]
         self._head_cols = slice(hs + (L - 1) * H, hs + L * H + 1)
-        self._x_cols = slice(1, 1 + E)
+        self._x_cols = slice(1, 1 + x_width)
         self._make_buffers()
+
+    @property
+    def input_row_bytes(self) -> int:
+        """Bytes of the per-token input one step of one slot reads (a table or embedding row)."""
+        rows = self.input_table if self.input_table is not None else self.embedding
+        return int(rows[0].nbytes)
 
     def _make_buffers(self) -> None:
         cap, bank = self.capacity, self.bank
@@ -435,6 +474,7 @@ class NumpyEngine(Engine):
         self._rows_buf = np.empty((cap, bank.width), dtype=np.float32)
         self._c_buf = np.empty((cap, self.layers, self.hidden), dtype=np.float32) if bank.lstm else None
         self._gates = np.zeros((cap, self.gate_width), dtype=np.float32)
+        self._x_gates = np.zeros((cap, self.gate_width), dtype=np.float32)  # table rows of a batch
         self._logits = np.zeros((cap, self.head.shape[1]), dtype=np.float32)
         self._logit_rows = [self._logits[j : j + 1] for j in range(cap)]
         self._slot_plans: dict[int, _Plan] = {}
@@ -474,8 +514,10 @@ class NumpyEngine(Engine):
             plan = self._batch_plans[B] = self._plan(self._rows_buf[:B], c)
         return plan
 
-    def _run(self, plan: _Plan, out: np.ndarray) -> None:
-        """Step the rows of `plan` (embedding already in place) and write logits to `out`."""
+    def _run(self, plan: _Plan, out: np.ndarray, x_gates: np.ndarray | None) -> None:
+        """Step the rows of `plan` and write logits to `out`. `x_gates`: the input table
+        rows of the tokens (B, gate width), or None when the embedding is already in the
+        rows (no table)."""
         dot, add, mul, tanh = np.dot, np.add, np.multiply, np.tanh
         cell = self.cell
         for layer in plan.layers:
@@ -483,6 +525,9 @@ class NumpyEngine(Engine):
             dot(x, W, out=g)
             if b is not None:
                 add(g, b, out=g)
+            elif x_gates is not None:  # layer 0 with the table: + [1, x] @ W0's input rows
+                add(g, x_gates, out=g)
+                x_gates = None
             if cell == "lstm":
                 sig, i, f, o, gg, c = layer[5:]
                 tanh(g, out=g)                  # all of g: contiguous (padding columns are 0)
@@ -516,30 +561,45 @@ class NumpyEngine(Engine):
         """One slot, one token -> logits (vocab,), a view of a reused buffer."""
         self._sync()
         plan = self._slot_plan(self.bank.check(slot))
-        plan.x[0] = self.embedding[self._check_token(token)]
+        token = self._check_token(token)
         out = self._logit_rows[0]
-        self._run(plan, out)
+        table = self.input_table
+        if table is None:
+            plan.x[0] = self.embedding[token]
+            self._run(plan, out, None)
+        else:
+            self._run(plan, out, table[token : token + 1])
         return out[0, : self.vocab_size]
 
     def step(self, slots, tokens) -> np.ndarray:
         self._sync()
         slots, tokens, sl, tk = self._arrays(slots, tokens)
         B = len(sl)
+        table = self.input_table
         if B <= GEMV_MAX_BATCH:
-            emb, rows = self.embedding, self._logit_rows
+            rows = self._logit_rows
             for j in range(B):
                 plan = self._slot_plan(sl[j])
-                plan.x[0] = emb[tk[j]]
-                self._run(plan, rows[j])
+                token = tk[j]
+                if table is None:
+                    plan.x[0] = self.embedding[token]
+                    self._run(plan, rows[j], None)
+                else:
+                    self._run(plan, rows[j], table[token : token + 1])
             return self._logits[:B, : self.vocab_size]
         plan = self._batch_plan(B)
         bank = self.bank
         np.take(bank.rows, slots, axis=0, out=plan.rows, mode="clip")
         if plan.c is not None:
             np.take(bank.c, slots, axis=0, out=plan.c, mode="clip")
-        np.take(self.embedding, tokens, axis=0, out=plan.x, mode="clip")
+        if table is None:
+            x_gates = None
+            np.take(self.embedding, tokens, axis=0, out=plan.x, mode="clip")
+        else:
+            x_gates = self._x_gates[:B]
+            np.take(table, tokens, axis=0, out=x_gates, mode="clip")
         out = self._logits[:B]
-        self._run(plan, out)
+        self._run(plan, out, x_gates)
         bank.rows[slots] = plan.rows
         if plan.c is not None:
             bank.c[slots] = plan.c

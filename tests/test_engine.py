@@ -54,10 +54,11 @@ def random_schedule(n_slots, steps, vocab, seed):
     return schedule
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("kind", ["numpy", "numpy-embedding", "torch"])
 @pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_engine_matches_model_step(cell, layers, kind):
+    """numpy: with the input table (the default at these sizes); numpy-embedding: without."""
     n_slots = 6
     model = tiny_model(cell, layers)
     schedule = random_schedule(n_slots, 50, model.config.vocab_size, seed=layers)
@@ -65,7 +66,13 @@ def test_engine_matches_model_step(cell, layers, kind):
     assert 1 in sizes and max(sizes) > engine_module.GEMV_MAX_BATCH  # both numpy paths run
     expected, final = reference_run(model, n_slots, schedule)
 
-    eng = make_engine(model, kind, slots=n_slots)
+    if kind == "numpy-embedding":
+        eng = NumpyEngine(model, slots=n_slots, input_table=False)
+        assert eng.input_table is None and eng.bank.h_start == 1 + model.config.embedding
+    else:
+        eng = make_engine(model, kind, slots=n_slots)
+    if kind == "numpy":
+        assert eng.input_table is not None and eng.embedding is None and eng.bank.h_start == 1
     assert [eng.alloc_slot() for _ in range(n_slots)] == list(range(n_slots))
     worst = 0.0
     for (group, tokens), want in zip(schedule, expected):
@@ -80,6 +87,19 @@ def test_engine_matches_model_step(cell, layers, kind):
             np.testing.assert_allclose(state["c"], final.c[:, slot].numpy(), atol=TOL, rtol=0)
         else:
             assert "c" not in state
+
+
+def test_input_table_only_up_to_its_size_limit(monkeypatch):
+    """The table is vocabulary x gate columns of float32: built when it fits the limit,
+    else the engine steps the embedding; both give the model's logits."""
+    model = tiny_model("lstm", 2, vocab=41, hidden=24, embedding=8)
+    table_bytes = 41 * 4 * 24 * 4
+    monkeypatch.setattr(engine_module, "INPUT_TABLE_MAX_BYTES", table_bytes)
+    assert NumpyEngine(model).input_table.shape == (41, 4 * 24)
+    monkeypatch.setattr(engine_module, "INPUT_TABLE_MAX_BYTES", table_bytes - 1)
+    eng = NumpyEngine(model)
+    assert eng.input_table is None and eng.embedding.shape == (41, 8)
+    assert eng.input_row_bytes == 8 * 4 and NumpyEngine(model, input_table=True).input_row_bytes == 4 * 24 * 4
 
 
 def test_padded_weights_match():

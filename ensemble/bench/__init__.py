@@ -101,14 +101,15 @@ def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
 
 def weight_bytes(engine) -> int:
     """Bytes of weights one step of one slot reads: every gate matrix, the output layer
-    and one embedding row (0 for engines that do not say)."""
+    and one row of per-token input (an input table or embedding row; 0 for engines that
+    do not say)."""
     if hasattr(engine, "weight_bytes"):  # engines that count their own (int8: one byte a weight)
         return int(engine.weight_bytes)
     weights = getattr(engine, "weights", None)
     if weights is None:
         return 0
     return int(sum(w.nbytes for w in weights) + sum(b.nbytes for b in engine.biases if b is not None)
-               + engine.head.nbytes + engine.embedding[0].nbytes)
+               + engine.head.nbytes + engine.input_row_bytes)
 
 
 class threads_limited:
