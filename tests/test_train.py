@@ -190,16 +190,16 @@ def test_fine_tuning_with_frozen_recurrent_layers(tmp_path, text_run, periodic_t
 
 def test_early_stopping_when_validation_stops_improving(tmp_path, periodic_text, capsys):
     # a learning rate of ~0 cannot improve on the first validation; patience 2 counts only
-    # validations from halfway through the 100-step schedule (50, 60), so it stops at 60,
-    # not at 30 while the learning rate has not decayed yet
+    # validations from 80 % of the 100-step schedule on (80, 90), so it stops at 90, not
+    # at 30 while the learning rate has not decayed yet
     result = train(TrainConfig(data=str(periodic_text), out=str(tmp_path / "run"), codec="text", size="xs",
                                steps=100, warmup=0, seq_len=16, batch=4, eval_every=10, lr=1e-12, min_lr=1e-12,
                                patience=2, progress=False))
-    assert result["step"] == 60 and result["best_step"] == 10 and result["stop_reason"] == "early stop"
+    assert result["step"] == 90 and result["best_step"] == 10 and result["stop_reason"] == "early stop"
     summary = capsys.readouterr().out.splitlines()
     assert summary[0].startswith(f"best validation loss {result['best']:.4f} nats/token")
-    assert "at step 10; stopped at step 60 (early stop)" in summary[0]
-    assert "in the last 5 validation(s), since step 10" in summary[2]
+    assert "at step 10; stopped at step 90 (early stop)" in summary[0]
+    assert "in the last 8 validation(s), since step 10" in summary[2]
     assert summary[1].startswith("wall time ") and "training tokens/s" in summary[1]
     assert summary[2].startswith("not improving")
     assert checkpoint.load(tmp_path / "run" / "best").meta["validation"]["step"] == 10  # the best is kept
