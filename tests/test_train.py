@@ -20,7 +20,7 @@ from ensemble.data import Corpus, Piece, load_prepared, text_pieces, write_prepa
 from ensemble.errors import UserError
 from ensemble.generate import generate
 from ensemble.sampling import SamplingSettings
-from ensemble.train import (StopSignals, StreamBatcher, TrainConfig, TrainError, choose_defaults, default_regularisation,
+from ensemble.train import (StopSignals, StreamBatcher, TrainConfig, TrainError, choose_defaults, default_lr, default_regularisation,
                             planned_epochs,
                             learning_rate, unigram_entropy, train)
 
@@ -244,7 +244,8 @@ def test_defaults_follow_model_size_and_the_epochs_planned():
     small = Corpus(codec, [Piece("a", np.zeros(1000, np.int64))], [Piece("b", np.zeros(10, np.int64))])
     cfg = TrainConfig(data="", out="", size="s")
     chosen = choose_defaults(cfg, small, None)
-    assert cfg.lr == pytest.approx(1e-2) and cfg.min_lr == pytest.approx(1e-3)  # 5e-3 * 256 / 128
+    assert cfg.lr == pytest.approx(1.4e-2) and cfg.min_lr == pytest.approx(1.4e-3)  # 1e-2 * sqrt(256 / 128)
+    assert [default_lr(h) for h in (64, 256, 512, 1024)] == [2e-2, 1e-2, 7.1e-3, 5e-3]
     assert (cfg.dropout, cfg.weight_decay, cfg.steps) == (0.2, 0.1, 2000)  # 2000 x 32 x 64 tokens: 4096 epochs
     assert any("dropout 0.2" in c and "epochs planned" in c for c in chosen)
     four_epochs = Corpus(codec, [Piece("a", np.zeros(2000 * 32 * 64 // 4, np.int64))], small.val)
