@@ -514,6 +514,14 @@ class NumpyEngine(Engine):
             plan = self._batch_plans[B] = self._plan(self._rows_buf[:B], c)
         return plan
 
+    def _token_input(self, plan: _Plan, token: int) -> np.ndarray | None:
+        """One slot's input for `_run`: its table row, or (no table) None after putting
+        the token's embedding into the plan's row."""
+        if self.input_table is None:
+            plan.x[0] = self.embedding[token]
+            return None
+        return self.input_table[token : token + 1]
+
     def _run(self, plan: _Plan, out: np.ndarray, x_gates: np.ndarray | None) -> None:
         """Step the rows of `plan` and write logits to `out`. `x_gates`: the input table
         rows of the tokens (B, gate width), or None when the embedding is already in the
@@ -561,43 +569,31 @@ class NumpyEngine(Engine):
         """One slot, one token -> logits (vocab,), a view of a reused buffer."""
         self._sync()
         plan = self._slot_plan(self.bank.check(slot))
-        token = self._check_token(token)
         out = self._logit_rows[0]
-        table = self.input_table
-        if table is None:
-            plan.x[0] = self.embedding[token]
-            self._run(plan, out, None)
-        else:
-            self._run(plan, out, table[token : token + 1])
+        self._run(plan, out, self._token_input(plan, self._check_token(token)))
         return out[0, : self.vocab_size]
 
     def step(self, slots, tokens) -> np.ndarray:
         self._sync()
         slots, tokens, sl, tk = self._arrays(slots, tokens)
         B = len(sl)
-        table = self.input_table
         if B <= GEMV_MAX_BATCH:
             rows = self._logit_rows
             for j in range(B):
                 plan = self._slot_plan(sl[j])
-                token = tk[j]
-                if table is None:
-                    plan.x[0] = self.embedding[token]
-                    self._run(plan, rows[j], None)
-                else:
-                    self._run(plan, rows[j], table[token : token + 1])
+                self._run(plan, rows[j], self._token_input(plan, tk[j]))
             return self._logits[:B, : self.vocab_size]
         plan = self._batch_plan(B)
         bank = self.bank
         np.take(bank.rows, slots, axis=0, out=plan.rows, mode="clip")
         if plan.c is not None:
             np.take(bank.c, slots, axis=0, out=plan.c, mode="clip")
-        if table is None:
+        if self.input_table is None:
             x_gates = None
             np.take(self.embedding, tokens, axis=0, out=plan.x, mode="clip")
         else:
             x_gates = self._x_gates[:B]
-            np.take(table, tokens, axis=0, out=x_gates, mode="clip")
+            np.take(self.input_table, tokens, axis=0, out=x_gates, mode="clip")
         out = self._logits[:B]
         self._run(plan, out, x_gates)
         bank.rows[slots] = plan.rows
