@@ -248,7 +248,8 @@ def model_card(name: str, config: dict) -> str:
         config.get("description", "A TokenRNN trained with `ensemble train`."),
         "",
         "## Model",
-        f"- {m['layers']} x {m['hidden']} {m['cell'].upper()}, embedding {m['embedding']}, dropout {m['dropout']}",
+        f"- {m['layers']} x {m['hidden']} {m['cell'].upper()}{' (layer-normalised)' if m.get('layer_norm') else ''}, "
+        f"embedding {m['embedding']}, dropout {m['dropout']}",
         f"- codec `{codec['name']}`, vocabulary {m['vocab_size']} tokens",
         f"- parameters: {config.get('parameters', 'n/a')}",
         "",

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
-from ensemble.model_types import TOKEN_RNN, ModelWeights
+from ensemble.model_types import LN_EPS, TOKEN_RNN, ModelWeights
 from ensemble.sampling import Sampler, SamplingSettings, sample  # noqa: F401 - Sampler lives on here for callers
 
 if TYPE_CHECKING:
@@ -372,24 +372,31 @@ class Engine:
 
 def _fused_layers(weights: ModelWeights) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per layer: the fused gate matrix M (in + hidden, G*hidden) and bias (G*hidden,),
-    float64, gate columns in engine order and sigmoid gates pre-scaled by 1/2."""
+    float64, gate columns in engine order and sigmoid gates pre-scaled by 1/2 (for a
+    layer-normalised LSTM: not scaled and no bias; `_layer_norm_params` scale instead,
+    after the normalisation)."""
     cfg = weights.config
     H = cfg.hidden
     out = []
     for layer in range(cfg.layers):
-        w_ih, w_hh, b_ih, b_hh = (np.asarray(weights.arrays[f"rnn.{name}_l{layer}"], dtype=np.float64)
-                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        w_ih, w_hh = (np.asarray(weights.arrays[f"rnn.{name}_l{layer}"], dtype=np.float64)
+                      for name in ("weight_ih", "weight_hh"))
+        if cfg.layer_norm:
+            b_ih = b_hh = np.zeros(w_ih.shape[0])
+        else:
+            b_ih, b_hh = (np.asarray(weights.arrays[f"rnn.{name}_l{layer}"], dtype=np.float64)
+                          for name in ("bias_ih", "bias_hh"))
         n_in = w_ih.shape[1]
         if cfg.cell == "rnn":
             M = np.concatenate([w_ih.T, w_hh.T], axis=0)
             b = b_ih + b_hh
         elif cfg.cell == "lstm":
-            order = [0, 1, 3, 2]  # torch: i, f, g, o -> engine: i, f, o, g
-            blocks = lambda a: [a[k * H : (k + 1) * H] for k in order]
+            blocks = lambda a: [a[k * H : (k + 1) * H] for k in LSTM_ORDER]  # noqa: E731
             M = np.concatenate([np.concatenate(blocks(w_ih), 0).T, np.concatenate(blocks(w_hh), 0).T], axis=0)
             b = np.concatenate(blocks(b_ih + b_hh))
-            M[:, : 3 * H] *= 0.5
-            b[: 3 * H] *= 0.5
+            if not cfg.layer_norm:
+                M[:, : 3 * H] *= 0.5
+                b[: 3 * H] *= 0.5
         else:  # gru; torch: r, z, n -> engine: r, z, n_x, n_h
             M = np.zeros((n_in + H, 4 * H))
             M[:n_in, : 2 * H] = w_ih[: 2 * H].T
@@ -403,12 +410,43 @@ def _fused_layers(weights: ModelWeights) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+LSTM_ORDER = [0, 1, 3, 2]  # torch's gates i, f, g, o -> the engine's i, f, o, g
+
+
+def _layer_norm_params(weights: ModelWeights, layer: int) -> tuple[np.ndarray, ...]:
+    """A layer-normalised LSTM layer's gains and shifts as the engine applies them:
+    gates (4, hidden) each in engine order, the sigmoid gates' (i, f, o) halved (what
+    the 1/2 pre-scale does for a plain LSTM: sigmoid(a) = (1 + tanh(a / 2)) / 2), and
+    the cell's (hidden,)."""
+    H = weights.config.hidden
+    get = lambda name: np.asarray(weights.arrays[f"rnn.{name}_l{layer}"], dtype=np.float64)  # noqa: E731
+    gates = []
+    for name in ("ln_gates_weight", "ln_gates_bias"):
+        a = get(name).reshape(4, H)[LSTM_ORDER]
+        a[:3] *= 0.5
+        gates.append(np.ascontiguousarray(a, dtype=np.float32))
+    return (*gates, *(np.ascontiguousarray(get(n), dtype=np.float32) for n in ("ln_cell_weight", "ln_cell_bias")))
+
+
+def _normalise(a: np.ndarray, mean: np.ndarray, square: np.ndarray, axis: int) -> None:
+    """Layer normalisation without gain and shift, in place along `axis` (the last), as
+    torch's: biased variance, `LN_EPS` inside the square root. `mean` has `a`'s shape
+    with 1 on `axis`, `square` `a`'s shape: preallocated, so nothing is allocated."""
+    np.mean(a, axis=axis, keepdims=True, out=mean)
+    np.subtract(a, mean, out=a)
+    np.multiply(a, a, out=square)
+    np.mean(square, axis=axis, keepdims=True, out=mean)
+    np.add(mean, LN_EPS, out=mean)
+    np.sqrt(mean, out=mean)
+    np.divide(a, mean, out=a)
+
+
 class _Plan:
     """Preallocated views for stepping B rows: per layer, the matmul input, the gates and
     their parts, the state it updates. Built once per slot (B = 1, on the bank) or per
     batch size (on the work buffers)."""
 
-    __slots__ = ("x", "layers", "head_in", "rows", "c")
+    __slots__ = ("x", "layers", "head_in", "rows", "c", "norms")
 
 
 class NumpyEngine(Engine):
@@ -429,6 +467,8 @@ class NumpyEngine(Engine):
         x_width = 0 if input_table else E
         super().__init__(weights, StateBank(L, H, cfg.cell == "lstm", slots, x_width))
         self.cell, self.layers, self.hidden = cfg.cell, L, H
+        self.layer_norm = cfg.layer_norm
+        self.ln_params = [_layer_norm_params(weights, l) for l in range(L)] if cfg.layer_norm else None
         f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
         pad = lambda M: np.pad(M, ((0, 0), (0, gate_width - M.shape[1])))  # zero columns: gates that stay 0
         embedding = np.asarray(weights.arrays["embed.weight"], dtype=np.float64)
@@ -447,7 +487,7 @@ class NumpyEngine(Engine):
                 self.biases.append(None)
             else:
                 self.weights.append(f32(pad(M)))
-                self.biases.append(f32(pad(b[None, :])[0]))
+                self.biases.append(None if cfg.layer_norm else f32(pad(b[None, :])[0]))
         head_w = np.asarray(weights.arrays["head.weight"], dtype=np.float64)
         head_b = np.asarray(weights.arrays["head.bias"], dtype=np.float64)
         head = np.concatenate([head_w.T, head_b[None, :]], axis=0)  # input [h_{L-1}, 1]
@@ -477,6 +517,12 @@ class NumpyEngine(Engine):
         self._x_gates = np.zeros((cap, self.gate_width), dtype=np.float32)  # table rows of a batch
         self._logits = np.zeros((cap, self.head.shape[1]), dtype=np.float32)
         self._logit_rows = [self._logits[j : j + 1] for j in range(cap)]
+        if self.layer_norm:
+            H = self.hidden
+            self._ln_mean = np.zeros((cap, 4, 1), dtype=np.float32)
+            self._ln_square = np.zeros((cap, 4, H), dtype=np.float32)
+            self._ln_c_mean = np.zeros((cap, 1), dtype=np.float32)
+            self._ln_c_square = np.zeros((cap, H), dtype=np.float32)
         self._slot_plans: dict[int, _Plan] = {}
         self._batch_plans: dict[int, _Plan] = {}
 
@@ -498,6 +544,12 @@ class NumpyEngine(Engine):
             else:
                 parts = (g[:, : 2 * H], g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H : 4 * H])
             p.layers.append((x, W, b, g, h) + parts)
+        p.norms = None
+        if self.layer_norm:  # per layer: the gates as (B, 4, H) (a view of g), buffers, gains
+            g4 = g[:, : 4 * H].reshape(B, 4, H)
+            assert np.shares_memory(g4, g)  # normalised in place
+            buffers = (self._ln_mean[:B], self._ln_square[:B], self._ln_c_mean[:B], self._ln_c_square[:B])
+            p.norms = [(g4,) + buffers + self.ln_params[l] for l in range(self.layers)]
         return p
 
     def _slot_plan(self, slot: int) -> _Plan:
@@ -528,7 +580,7 @@ class NumpyEngine(Engine):
         rows (no table)."""
         dot, add, mul, tanh = np.dot, np.add, np.multiply, np.tanh
         cell = self.cell
-        for layer in plan.layers:
+        for k, layer in enumerate(plan.layers):
             x, W, b, g, h = layer[:5]
             dot(x, W, out=g)
             if b is not None:
@@ -536,6 +588,11 @@ class NumpyEngine(Engine):
             elif x_gates is not None:  # layer 0 with the table: + [1, x] @ W0's input rows
                 add(g, x_gates, out=g)
                 x_gates = None
+            if plan.norms is not None:  # each gate normalised, then its gain and shift
+                g4, mean, square = plan.norms[k][:3]
+                _normalise(g4, mean, square, 2)
+                mul(g4, plan.norms[k][5], out=g4)
+                add(g4, plan.norms[k][6], out=g4)
             if cell == "lstm":
                 sig, i, f, o, gg, c = layer[5:]
                 tanh(g, out=g)                  # all of g: contiguous (padding columns are 0)
@@ -544,7 +601,15 @@ class NumpyEngine(Engine):
                 mul(f, c, out=c)
                 mul(i, gg, out=i)
                 add(c, i, out=c)                # c = f * c + i * g
-                tanh(c, out=h)
+                if plan.norms is not None:      # h = o * tanh(LN(c) * gain + shift)
+                    _, _, _, c_mean, c_square, _, _, c_gain, c_shift = plan.norms[k]
+                    np.copyto(h, c)
+                    _normalise(h, c_mean, c_square, 1)
+                    mul(h, c_gain, out=h)
+                    add(h, c_shift, out=h)
+                    tanh(h, out=h)
+                else:
+                    tanh(c, out=h)
                 mul(h, o, out=h)                # h = o * tanh(c)
             elif cell == "gru":
                 rz, r, z, nx, nh = layer[5:]

@@ -34,6 +34,7 @@ import numpy as np
 
 from ensemble.engine import Engine, StateBank, as_weights
 from ensemble.errors import UserError
+from ensemble.model_types import LN_EPS
 
 BLOCK = 128  # inputs per quantisation block (one float scale each): measured fastest of 32, 64, 128
 OPSET = 17
@@ -100,6 +101,17 @@ class _Graph:
                     if n == old:
                         names[i] = new
 
+    def layer_norm(self, x: str, gain: np.ndarray, shift: np.ndarray, hint: str) -> str:
+        """Layer normalisation over x's last axis (opset 17's LayerNormalization, with
+        torch's epsilon), then `gain` and `shift`, which may be wider than that axis
+        ((4, H) for the gates: one each per gate)."""
+        width = gain.shape[-1]
+        ones = self.const(np.ones(width, dtype=np.float32), hint + "_one")
+        zeros = self.const(np.zeros(width, dtype=np.float32), hint + "_zero")
+        normed = self.op("LayerNormalization", [x, ones, zeros], axis=-1, epsilon=LN_EPS)
+        scaled = self.op("Mul", [normed, self.const(gain.astype(np.float32), hint + "_gain")])
+        return self.op("Add", [scaled, self.const(shift.astype(np.float32), hint + "_shift")])
+
     def linear(self, x: str, w: np.ndarray, bias: np.ndarray | None, hint: str) -> str:
         """x @ w (+ bias), w (K, N) quantised to int8 blocks."""
         K, N = w.shape
@@ -129,7 +141,10 @@ def build_step_model(weights) -> bytes:
                                          g.const(np.array([(layer + 1) * H]), "end"), g.const(np.array([1]), "axis")])
         h = cut("h")
         w_ih, w_hh = a[f"rnn.weight_ih_l{layer}"], a[f"rnn.weight_hh_l{layer}"]
-        b_ih, b_hh = a[f"rnn.bias_ih_l{layer}"], a[f"rnn.bias_hh_l{layer}"]
+        if cfg.layer_norm:  # no biases: the normalisation's shifts take their place
+            b_ih = b_hh = None
+        else:
+            b_ih, b_hh = a[f"rnn.bias_ih_l{layer}"], a[f"rnn.bias_hh_l{layer}"]
         if cell == "gru":  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): the two halves stay apart
             gx = g.linear(x, w_ih.T, b_ih, f"l{layer}_x")
             gh = g.linear(h, w_hh.T, b_hh, f"l{layer}_h")
@@ -141,14 +156,24 @@ def build_step_model(weights) -> bytes:
             new_h = g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])])  # (1 - z) n + z h
         else:  # one product of [x, h] with the stacked input and recurrent weights
             both = g.op("Concat", [x, h], axis=1)
-            pre = g.linear(both, np.concatenate([w_ih.T, w_hh.T], axis=0), b_ih + b_hh, f"l{layer}")
+            pre = g.linear(both, np.concatenate([w_ih.T, w_hh.T], axis=0),
+                           None if b_ih is None else b_ih + b_hh, f"l{layer}")
             if cell == "rnn":
                 new_h = g.op("Tanh", [pre])
             else:  # torch's gate order: i, f, g, o
+                if cfg.layer_norm:  # each gate normalised on its own: (B, 4, H), then its gain and shift
+                    pre = g.layer_norm(g.op("Reshape", [pre, g.const(np.array([-1, 4, H]), "shape")]),
+                                       a[f"rnn.ln_gates_weight_l{layer}"].reshape(4, H),
+                                       a[f"rnn.ln_gates_bias_l{layer}"].reshape(4, H), "gates")
+                    pre = g.op("Reshape", [pre, g.const(np.array([-1, 4 * H]), "shape")])
                 i, f, gg, o = g.op("Split", [pre, splits], 4, axis=1)
                 new_c = g.op("Add", [g.op("Mul", [g.op("Sigmoid", [f]), cut("c")]),
                                      g.op("Mul", [g.op("Sigmoid", [i]), g.op("Tanh", [gg])])])
-                new_h = g.op("Mul", [g.op("Sigmoid", [o]), g.op("Tanh", [new_c])])
+                cell_out = new_c
+                if cfg.layer_norm:
+                    cell_out = g.layer_norm(new_c, a[f"rnn.ln_cell_weight_l{layer}"],
+                                            a[f"rnn.ln_cell_bias_l{layer}"], "cell")
+                new_h = g.op("Mul", [g.op("Sigmoid", [o]), g.op("Tanh", [cell_out])])
                 cs.append(new_c)
         hs.append(new_h)
         x = new_h

@@ -9,18 +9,22 @@ tanh; its two bias vectors add up to b). The output is a softmax over the vocabu
 trained with categorical cross-entropy (the logits are returned, the loss applies the
 softmax). With `tie` the output layer's weight matrix is the embedding itself (inputs
 and outputs share one vector per token; embedding == hidden); saved models still hold
-both arrays, so the live engines need not know.
+both arrays, so the live engines need not know. With `layer_norm` (LSTM only) the
+stack is a `LayerNormLSTM` instead of torch's nn.LSTM.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # the config lives where the live server can read it without importing torch
-from ensemble.model_types import CELLS, ModelConfig  # noqa: F401 - part of this module's interface
+from ensemble.model_types import CELLS, LN_EPS, ModelConfig  # noqa: F401 - part of this module's interface
 
 
 @dataclass
@@ -76,6 +80,78 @@ class RNNState:
         return self._map(lambda t: t.to(device))
 
 
+class LayerNormLSTM(nn.Module):
+    """A stacked LSTM with layer normalisation (Ba, Kiros & Hinton 2016), the interface
+    of nn.LSTM(batch_first=True): ``forward(x (B, T, in), (h0, c0) (L, B, H)) -> y, (h, c)``.
+
+    Per layer and step, in torch's gate order (i, f, g, o)::
+
+        a = W_ih x_t + W_hh h_{t-1}                  (no bias: the normalisation's shift is it)
+        a_k = LN(a_k) * gain_k + shift_k             for each gate k in i, f, g, o separately
+        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+        h_t = sigmoid(o) * tanh(LN(c_t) * gain_c + shift_c)
+
+    Each gate is normalised on its own (as TensorFlow's LayerNormBasicLSTMCell does), so
+    a gate's scale cannot swamp another's; the stored c is the unnormalised one. Why
+    normalise: the recurrent pre-activations keep one scale whatever the weights grow
+    to, which is said to allow larger learning rates and to train faster per step (the
+    README's "Layer normalisation" measures whether it does here). Why not by default:
+    torch has no fused kernel for it, so this runs step by step in Python (training is
+    slower per token than nn.LSTM's fused kernel), and each live step costs the
+    normalisations too.
+
+    Initialised as nn.LSTM is (uniform +-1/sqrt(hidden)), gains 1, shifts 0 except the
+    forget gate's, 1 (the usual start that keeps the cell's memory at first).
+    """
+
+    def __init__(self, input_size: int, hidden: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.hidden, self.num_layers, self.dropout = hidden, num_layers, dropout
+        bound = 1.0 / math.sqrt(hidden)
+        for k in range(num_layers):
+            n_in = input_size if k == 0 else hidden
+            params = {
+                "weight_ih": torch.empty(4 * hidden, n_in).uniform_(-bound, bound),
+                "weight_hh": torch.empty(4 * hidden, hidden).uniform_(-bound, bound),
+                "ln_gates_weight": torch.ones(4 * hidden),
+                "ln_gates_bias": torch.zeros(4 * hidden),
+                "ln_cell_weight": torch.ones(hidden),
+                "ln_cell_bias": torch.zeros(hidden),
+            }
+            params["ln_gates_bias"][hidden : 2 * hidden] = 1.0  # the forget gate
+            for name, value in params.items():
+                self.register_parameter(f"{name}_l{k}", nn.Parameter(value))
+
+    def _layer(self, k: int) -> list[Tensor]:
+        return [getattr(self, f"{name}_l{k}") for name in
+                ("weight_ih", "weight_hh", "ln_gates_weight", "ln_gates_bias", "ln_cell_weight", "ln_cell_bias")]
+
+    def forward(self, x: Tensor, hx: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        h0, c0 = hx
+        B, T, _ = x.shape
+        H = self.hidden
+        hs, cs = [], []
+        for k in range(self.num_layers):
+            w_ih, w_hh, gain, shift, cell_gain, cell_shift = self._layer(k)
+            gain, shift = gain.view(4, H), shift.view(4, H)
+            gx = F.linear(x, w_ih)  # the input part of every step at once
+            h, c = h0[k], c0[k]
+            out = []
+            for t in range(T):
+                a = (gx[:, t] + F.linear(h, w_hh)).view(B, 4, H)
+                a = F.layer_norm(a, (H,), eps=LN_EPS) * gain + shift
+                i, f, g, o = a.unbind(1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (H,), cell_gain, cell_shift, LN_EPS))
+                out.append(h)
+            x = torch.stack(out, 1)
+            hs.append(h)
+            cs.append(c)
+            if k < self.num_layers - 1 and self.dropout > 0 and self.training:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, (torch.stack(hs), torch.stack(cs))
+
+
 class TokenRNN(nn.Module):
     def __init__(
         self,
@@ -86,16 +162,20 @@ class TokenRNN(nn.Module):
         embedding: int = 64,
         dropout: float = 0.0,
         tie: bool = False,
+        layer_norm: bool = False,
     ):
         super().__init__()
-        self.config = ModelConfig(vocab_size, cell, layers, hidden, embedding, dropout, tie)
+        self.config = ModelConfig(vocab_size, cell, layers, hidden, embedding, dropout, tie, layer_norm)
         self.embed = nn.Embedding(vocab_size, embedding)
-        rnn_class = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell]
-        extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
-        self.rnn = rnn_class(
-            embedding, hidden, num_layers=layers, batch_first=True,
-            dropout=dropout if layers > 1 else 0.0, **extra,
-        )
+        if layer_norm:
+            self.rnn = LayerNormLSTM(embedding, hidden, layers, dropout if layers > 1 else 0.0)
+        else:
+            rnn_class = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell]
+            extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
+            self.rnn = rnn_class(
+                embedding, hidden, num_layers=layers, batch_first=True,
+                dropout=dropout if layers > 1 else 0.0, **extra,
+            )
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab_size)
         if tie:  # one matrix both reads tokens in and scores them out (Press & Wolf 2017)

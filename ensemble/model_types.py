@@ -21,6 +21,7 @@ import numpy as np
 CELLS = ("rnn", "gru", "lstm")
 TOKEN_RNN = "token-rnn"
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+LN_EPS = 1e-5  # layer normalisation's epsilon, the same in the torch model and every engine
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class ModelConfig:
     embedding: int = 64
     dropout: float = 0.0
     tie: bool = False  # the output layer's weights are the embedding's (embedding == hidden)
+    # LSTM only: each gate's pre-activation and the cell state are layer-normalised
+    # (`ensemble.model.LayerNormLSTM`, README "Layer normalisation")
+    layer_norm: bool = False
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -47,11 +51,14 @@ class ModelConfig:
         if self.tie and self.embedding != self.hidden:
             raise ValueError(f"tied embeddings need embedding == hidden, got embedding {self.embedding} "
                              f"and hidden {self.hidden}")
+        if self.layer_norm and self.cell != "lstm":
+            raise ValueError(f"layer normalisation is built for the lstm cell only, got {self.cell!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if not self.tie:  # untied folders stay readable by versions without the option
-            del d["tie"]
+        for key in ("tie", "layer_norm"):  # off: folders stay readable by versions without the option
+            if not d[key]:
+                del d[key]
         return d
 
     @classmethod
@@ -74,8 +81,14 @@ def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     for layer in range(config.layers):
         shapes[f"rnn.weight_ih_l{layer}"] = (G * H, E if layer == 0 else H)
         shapes[f"rnn.weight_hh_l{layer}"] = (G * H, H)
-        shapes[f"rnn.bias_ih_l{layer}"] = (G * H,)
-        shapes[f"rnn.bias_hh_l{layer}"] = (G * H,)
+        if config.layer_norm:  # the normalisation's shift is the gates' bias; the cell has its own
+            shapes[f"rnn.ln_gates_weight_l{layer}"] = (G * H,)
+            shapes[f"rnn.ln_gates_bias_l{layer}"] = (G * H,)
+            shapes[f"rnn.ln_cell_weight_l{layer}"] = (H,)
+            shapes[f"rnn.ln_cell_bias_l{layer}"] = (H,)
+        else:
+            shapes[f"rnn.bias_ih_l{layer}"] = (G * H,)
+            shapes[f"rnn.bias_hh_l{layer}"] = (G * H,)
     shapes["head.weight"] = (V, H)
     shapes["head.bias"] = (V,)
     return shapes

@@ -70,6 +70,7 @@ def recorded_settings(cfg: "TrainConfig", model_config) -> dict:
     settings["layers"], settings["hidden"], settings["embedding"] = shape
     settings["tie_embeddings"] = tie
     settings["cell"], settings["dropout"] = model_config.cell, model_config.dropout
+    settings["layer_norm"] = model_config.layer_norm
     for key in ("data", "out", "init_from", "val_data"):
         if settings.get(key):
             settings[key] = checkpoint.portable_path(settings[key])
@@ -102,6 +103,7 @@ class TrainConfig:
     # --embedding asks for another width or --init-from's model is untied (choose_defaults)
     tie_embeddings: bool | None = None
     dropout: float | None = None  # None: from the epochs the budget allows (default_regularisation)
+    layer_norm: bool = False  # LSTM only: layer-normalised gates and cell (README "Layer normalisation")
     # optimisation
     seq_len: int = 64
     batch: int = 32
@@ -618,7 +620,8 @@ def build_model(cfg: TrainConfig, vocab_size: int, init, device) -> TokenRNN:
     else:
         layers, hidden, embedding = cfg.model_shape()
         try:
-            model = TokenRNN(vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout or 0.0, bool(cfg.tie_embeddings))
+            model = TokenRNN(vocab_size, cfg.cell, layers, hidden, embedding, cfg.dropout or 0.0,
+                             bool(cfg.tie_embeddings), cfg.layer_norm)
         except ValueError as exc:
             raise TrainError(str(exc)) from None
     model.to(device).train()
@@ -657,6 +660,10 @@ def check_settings(cfg: TrainConfig, corpus: data.Corpus, init, resume: bool, st
         raise TrainError(f"--lr must be > 0, got {cfg.lr:g}")
     if cfg.cell not in CELLS:
         raise TrainError(f"--cell must be one of {', '.join(CELLS)}")
+    if cfg.layer_norm and (cfg.cell != "lstm" or init is not None):
+        raise TrainError("--layer-norm is built for the lstm cell, and for new models only (an --init-from "
+                         "model keeps its own architecture)" if cfg.cell == "lstm" else
+                         f"--layer-norm is built for the lstm cell only, got --cell {cfg.cell}")
     if cfg.freeze_rnn and not (cfg.init_from or resume):
         raise TrainError("--freeze-rnn needs --init-from MODEL (a trained model to keep the recurrent layers of)")
     if (cfg.transpose or cfg.stretch) and not hasattr(corpus.codec, "augment"):
@@ -970,6 +977,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--tie-embeddings", action=BooleanOptionalAction, default=None,
                    help="the output layer shares the token embedding, which is then --hidden wide (default: "
                         "yes, unless --embedding asks for another width or --init-from's model is untied)")
+    g.add_argument("--layer-norm", action="store_true",
+                   help="layer-normalise the LSTM's gates and cell state (slower to train per token; "
+                        "README \"Layer normalisation\" measures it)")
     g.add_argument("--dropout", type=float, default=SUPPRESS,
                    help="dropout between layers and before the output (default: by the epochs the budget allows: "
                         "0.2 from 3 epochs, else 0; with --max-time set after the first 60 steps)")

@@ -34,6 +34,18 @@ def text_run(tmp_path_factory, periodic_text) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def ln_text_run(tmp_path_factory, periodic_text) -> Path:
+    """The same text learned by a layer-normalised LSTM (--layer-norm), 2 layers."""
+    from ensemble.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "periodic-ln"
+    cfg = TrainConfig(data=str(periodic_text), out=str(out), codec="text", size="xs", layers=2, layer_norm=True,
+                      steps=200, seq_len=32, batch=8, eval_every=100, save_every=100, lr=2e-2, progress=False)
+    assert train(cfg)["step"] == 200
+    return out
+
+
 def melody_pieces(codec, n_pieces=24, seed=0):
     """Simple real melodies (scales and arpeggios with rests), as notes-codec pieces."""
     import numpy as np

@@ -26,10 +26,17 @@ def softmax(x):
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3])
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lstm-ln"])
 def test_int8_engine_predicts_what_the_model_predicts(cell, layers):
     n_slots = 6
     model = tiny_model(cell, layers, hidden=40, embedding=12)  # 12 + 40: blocks that K does not fill
+    if cell == "lstm-ln":  # gains near their start of 1, where trained ones stay (tiny_model's are ~2)
+        import torch
+
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".ln_" in name and "weight" in name:
+                    p.mul_(0.5)
     schedule = random_schedule(n_slots, 40, model.config.vocab_size, seed=layers)
     expected, final = reference_run(model, n_slots, schedule)
     eng = make_engine(model, "int8", slots=n_slots)
@@ -45,7 +52,9 @@ def test_int8_engine_predicts_what_the_model_predicts(cell, layers):
         agree += list(got.argmax(axis=1) == want.argmax(axis=1))
     # measured: KL 1e-5..3e-4 nats, max |difference| 0.6-2.6 % of the largest logit
     assert np.mean(kl) < 2e-3 and max(kl) < 2e-2, f"{cell} x {layers}: KL mean {np.mean(kl):.2e} max {max(kl):.2e}"
-    assert worst < 0.05 * scale, f"{cell} x {layers}: max |logit difference| {worst:.4f} of {scale:.2f}"
+    # layer normalisation magnifies the weights' rounding: measured up to 5.0 % (lstm-ln x 3)
+    bound = 0.08 if cell == "lstm-ln" else 0.05
+    assert worst < bound * scale, f"{cell} x {layers}: max |logit difference| {worst:.4f} of {scale:.2f}"
     assert np.mean(agree) > 0.9
     for slot in range(n_slots):  # the states it carries stay close too (measured: at most 0.06 of 1, mean 0.01)
         diff = np.abs(eng.get_state(slot)["h"] - final.h[:, slot].numpy())
@@ -66,7 +75,7 @@ def test_quantized_blocks_stand_for_the_weights():
     assert np.all(back[:, 4] == 0.0) and np.all(q[:, -1, 6:] == 128)  # padding is zero
 
 
-def test_int8_validation_loss_is_within_a_hundredth_of_a_nat(notes_model, text_run):
+def test_int8_validation_loss_is_within_a_hundredth_of_a_nat(notes_model, text_run, ln_text_run):
     """What int8 costs a real trained model: the held-out loss through the engine."""
     from ensemble import checkpoint
     from ensemble.codecs.notes import NotesCodec
@@ -76,10 +85,11 @@ def test_int8_validation_loss_is_within_a_hundredth_of_a_nat(notes_model, text_r
     from conftest import melody_pieces
 
     notes = [p.tokens for p in melody_pieces(NotesCodec(), n_pieces=8, seed=5)]  # unseen melodies
-    text_ckpt = checkpoint.load_live(text_run / "best")
+    text_ckpt, ln_ckpt = checkpoint.load_live(text_run / "best"), checkpoint.load_live(ln_text_run / "best")
     text = [p.tokens for p in text_pieces("the quick brown fox jumps over the lazy dog.\n" * 40,
                                           text_ckpt.codec, piece_chars=400)]
-    for model, pieces in ((checkpoint.load_live(notes_model).model, notes), (text_ckpt.model, text)):
+    for model, pieces in ((checkpoint.load_live(notes_model).model, notes), (text_ckpt.model, text),
+                          (ln_ckpt.model, text)):  # layer normalisation magnifies int8's rounding: measured here
         losses = {}
         for kind in ("numpy", "int8"):
             nll, n = piece_losses(make_engine(model, kind, slots=4), pieces, batch=4)

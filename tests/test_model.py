@@ -4,11 +4,11 @@ import torch
 from ensemble.model import ModelConfig, TokenRNN
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lstm-ln"])
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_forward_equals_repeated_step(cell, layers):
     torch.manual_seed(0)
-    model = TokenRNN(37, cell, layers, hidden=24, embedding=8).eval()
+    model = TokenRNN(37, cell.removesuffix("-ln"), layers, hidden=24, embedding=8, layer_norm=cell == "lstm-ln").eval()
     tokens = torch.randint(0, 37, (3, 20))
     with torch.no_grad():
         full, full_state = model(tokens)
@@ -39,6 +39,55 @@ def test_plain_rnn_is_elman():
     assert torch.allclose(logits[0], torch.stack(expected), atol=1e-5)
 
 
+def test_layer_norm_lstm_is_what_its_docstring_says():
+    """Each gate normalised on its own (mean 0, biased variance 1), then gain and shift;
+    the cell normalised before its tanh; c itself kept unnormalised."""
+    torch.manual_seed(3)
+    H = 5
+    model = TokenRNN(11, "lstm", 1, hidden=H, embedding=4, layer_norm=True).eval()
+    r = model.rnn
+    with torch.no_grad():
+        for p in r.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    assert not hasattr(r, "bias_ih_l0")
+    norm = lambda a: (a - a.mean()) / torch.sqrt(a.var(unbiased=False) + 1e-5)  # noqa: E731
+    tokens = torch.tensor([[3, 7, 1, 0]])
+    h, c, expected = torch.zeros(H), torch.zeros(H), []
+    for t in tokens[0]:
+        a = r.weight_ih_l0 @ model.embed.weight[t] + r.weight_hh_l0 @ h
+        a = torch.cat([norm(a[k * H : (k + 1) * H]) for k in range(4)]) * r.ln_gates_weight_l0 + r.ln_gates_bias_l0
+        i, f, g, o = a.split(H)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(norm(c) * r.ln_cell_weight_l0 + r.ln_cell_bias_l0)
+        expected.append(model.head.weight @ h + model.head.bias)
+    with torch.no_grad():
+        logits, state = model(tokens)
+    assert torch.allclose(logits[0], torch.stack(expected), atol=1e-5)
+    assert torch.allclose(state.c[0, 0], c, atol=1e-5)
+    fresh = TokenRNN(11, "lstm", 1, hidden=H, embedding=4, layer_norm=True).rnn
+    assert torch.all(fresh.ln_gates_bias_l0[H : 2 * H] == 1) and torch.all(fresh.ln_gates_bias_l0[:H] == 0)
+
+
+def test_layer_norm_dropout_only_between_layers_and_only_in_training():
+    torch.manual_seed(4)
+    model = TokenRNN(11, "lstm", 2, hidden=16, embedding=4, dropout=0.5, layer_norm=True)
+    tokens = torch.randint(0, 11, (2, 6))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(tokens)[0], model(tokens)[0])
+    model.train()
+    model.drop.p = 0.0  # the output's dropout off: what differs below is the recurrent stack's
+    with torch.no_grad():
+        assert not torch.equal(model(tokens)[0], model(tokens)[0])
+    one = TokenRNN(11, "lstm", 1, hidden=16, embedding=4, dropout=0.5, layer_norm=True).train()
+    one.drop.p = 0.0
+    with torch.no_grad():  # one layer: nothing between layers to drop
+        assert torch.equal(one(tokens)[0], one(tokens)[0])
+    model.set_dropout(0.0)
+    with torch.no_grad():
+        assert torch.equal(model(tokens)[0], model(tokens)[0])
+
+
 def test_state_rows_step_together_as_alone():
     torch.manual_seed(2)
     model = TokenRNN(20, "lstm", 2, hidden=8, embedding=4).eval()
@@ -62,3 +111,8 @@ def test_config_validation():
         ModelConfig(10, cell="transformer")
     with pytest.raises(ValueError, match="unknown"):
         ModelConfig.from_dict({"vocab_size": 10, "heads": 3})
+    with pytest.raises(ValueError, match="lstm cell only"):
+        ModelConfig(10, cell="gru", layer_norm=True)
+    assert "layer_norm" not in ModelConfig(10).to_dict()  # older versions read plain models' folders
+    ln = ModelConfig(10, layer_norm=True)
+    assert ModelConfig.from_dict(ln.to_dict()) == ln

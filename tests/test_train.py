@@ -510,3 +510,30 @@ def test_tied_embeddings_train_save_and_serve(tmp_path, periodic_text):
         train(TrainConfig(data=str(periodic_text), out=str(tmp_path / "bad"), codec="text", tie_embeddings=True,
                           hidden=48, embedding=32, steps=1, progress=False))
     assert not (tmp_path / "bad" / "best").exists()
+
+
+def test_layer_norm_trains_saves_and_serves(ln_text_run, periodic_text, tmp_path):
+    """--layer-norm: a layer-normalised LSTM learns, its folder says so (config, card) and
+    the live engine steps it as the torch model does."""
+    from ensemble.checkpoint import load_live
+    from ensemble.engine import make_engine
+    from ensemble.model import LayerNormLSTM
+
+    ckpt = checkpoint.load(ln_text_run / "best")
+    model = ckpt.model
+    assert model.config.layer_norm and isinstance(model.rnn, LayerNormLSTM) and model.config.layers == 2
+    assert ckpt.meta["validation"]["loss_nats"] < ckpt.meta["data"]["unigram_entropy_nats"] / 4
+    assert json.loads((ln_text_run / "best" / "config.json").read_text())["model"]["layer_norm"] is True
+    assert "LSTM (layer-normalised)" in (ln_text_run / "best" / "README.md").read_text()
+    gains = model.rnn.ln_gates_weight_l0.detach()
+    assert not torch.allclose(gains, torch.ones_like(gains))  # the gains learned too
+    live = make_engine(load_live(ln_text_run / "best").model, "numpy", 2)
+    ref = make_engine(model, "torch", 2)
+    a, b = live.alloc_slot(), ref.alloc_slot()
+    for token in ckpt.codec.encode(PERIOD[:20]):
+        np.testing.assert_allclose(live.step_one(a, token), ref.step_one(b, token), atol=5e-5)
+    r = subprocess.run(ENSEMBLE + ["train", "--data", str(periodic_text), "--codec", "text", "--out",
+                                   str(tmp_path / "bad"), "--cell", "gru", "--layer-norm", "--steps", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--layer-norm is built for the lstm cell only" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad" / "best").exists()
