@@ -53,6 +53,14 @@ sigmoid(a) = (1 + tanh(a / 2)) / 2, so one `tanh` call covers every gate. GRU's
 candidate n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) cannot add its input and hidden
 parts before r multiplies the hidden part, so they get separate columns (n_x with zeros
 in the h rows, n_h with zeros in the x rows) of the same single matmul.
+
+A layer-normalised LSTM (``config.layer_norm``) has no biases and is not pre-scaled
+(scaling before a normalisation would change nothing but its epsilon's weight): after
+the matmul, the gates are viewed as (B, 4, hidden) and normalised in place, each gate on
+its own, then multiplied by their gains and shifted, and it is these (for i, f, o) that
+are halved; the cell state is normalised in h's columns before its tanh. The input
+table still applies: the normalisation comes after the input and recurrent parts are
+summed. Every buffer is preallocated, as for the other cells.
 """
 
 from __future__ import annotations

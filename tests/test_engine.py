@@ -296,6 +296,11 @@ def test_bench_step_smoke(capsys):
             assert 0 < call_med <= call_p99 and 0 < event_med <= event_p99
             assert event_med == pytest.approx(call_med / batch, rel=0.01, abs=0.1)
             assert step_med > 0 and sample_med > 0
+    rc = main(["bench", "step", "--iterations", "20", "--warmup", "2", "--batch", "1", "--engine", "numpy",
+               "--vocab", "50", "--hidden", "32", "--embedding", "8", "--layer-norm", "--no-floor"])
+    assert rc == 0 and "lstm 2 x 32 (layer-normalised)" in capsys.readouterr().out
+    assert main(["bench", "step", "--cell", "gru", "--layer-norm", "--no-floor"]) == 2
+    assert "lstm cell only" in capsys.readouterr().err
 
 
 def test_bench_step_loads_a_model_folder(tmp_path, capsys):

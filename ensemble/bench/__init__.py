@@ -179,6 +179,7 @@ def _step_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden", type=int, default=256, help="hidden units per layer (default 256)")
     g.add_argument("--embedding", type=int, default=64, help="token embedding size (default 64)")
     g.add_argument("--vocab", type=int, default=1000, help="vocabulary size: the output layer's width (default 1000)")
+    g.add_argument("--layer-norm", action="store_true", help="a layer-normalised LSTM (the trainer's --layer-norm)")
 
 
 def _time_steps(engine, sampler, settings, rng, batch: int, iterations: int, warmup: int, mask=None):
@@ -200,16 +201,20 @@ def _time_steps(engine, sampler, settings, rng, batch: int, iterations: int, war
     return step_ns[warmup:], sample_ns[warmup:]
 
 
-def random_weights(vocab: int, cell: str, layers: int, hidden: int, embedding: int, seed: int):
-    """A TokenRNN's worth of random numpy weights (torch's default init scale), no torch."""
+def random_weights(vocab: int, cell: str, layers: int, hidden: int, embedding: int, seed: int,
+                   layer_norm: bool = False):
+    """A TokenRNN's worth of random numpy weights (torch's default init scale; a layer
+    normalisation's gains near 1), no torch."""
     from ensemble.model_types import ModelConfig, ModelWeights, weight_shapes
 
-    config = ModelConfig(vocab, cell, layers, hidden, embedding)
+    config = ModelConfig(vocab, cell, layers, hidden, embedding, layer_norm=layer_norm)
     rng = np.random.default_rng(seed)
     arrays = {}
     for name, shape in weight_shapes(config).items():
         scale = 1.0 if name == "embed.weight" else 1.0 / np.sqrt(shape[-1] if len(shape) > 1 else hidden)
         arrays[name] = rng.uniform(-scale, scale, shape).astype(np.float32)
+        if ".ln_" in name and "weight" in name:
+            arrays[name] += 1.0
     return ModelWeights(config, arrays)
 
 
@@ -237,7 +242,8 @@ def bench_step(args: argparse.Namespace) -> int:
         source = f"model {args.model}"
     else:
         try:
-            model = random_weights(args.vocab, args.cell, args.layers, args.hidden, args.embedding, args.seed)
+            model = random_weights(args.vocab, args.cell, args.layers, args.hidden, args.embedding, args.seed,
+                                   args.layer_norm)
         except ValueError as exc:
             return error(str(exc))
         source = "random weights"
@@ -269,7 +275,8 @@ def bench_step(args: argparse.Namespace) -> int:
         if not limits.blas_set:
             settings_lines.append(f"(numpy BLAS threads could not be set to {args.threads} in this process)")
 
-    print(f"ensemble bench step: {cfg.cell} {cfg.layers} x {cfg.hidden}, embedding {cfg.embedding}, "
+    normalised = " (layer-normalised)" if cfg.layer_norm else ""
+    print(f"ensemble bench step: {cfg.cell} {cfg.layers} x {cfg.hidden}{normalised}, embedding {cfg.embedding}, "
           f"vocab {cfg.vocab_size} ({source})")
     print(f"{args.iterations} timed calls after {args.warmup} warm-up per case; one call = step(B slots) + "
           f"sample(B rows, {args.sampler} sampler, temperature {settings.temperature}, top-k {settings.top_k}, "
