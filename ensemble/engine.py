@@ -436,14 +436,16 @@ def _layer_norm_params(weights: ModelWeights, layer: int) -> tuple[np.ndarray, .
     return (*gates, *(np.ascontiguousarray(get(n), dtype=np.float32) for n in ("ln_cell_weight", "ln_cell_bias")))
 
 
-def _normalise(a: np.ndarray, mean: np.ndarray, square: np.ndarray, axis: int) -> None:
-    """Layer normalisation without gain and shift, in place along `axis` (the last), as
+def _normalise(a: np.ndarray, mean: np.ndarray, square: np.ndarray, average: np.ndarray) -> None:
+    """Layer normalisation without gain and shift, in place along the last axis, as
     torch's: biased variance, `LN_EPS` inside the square root. `mean` has `a`'s shape
-    with 1 on `axis`, `square` `a`'s shape: preallocated, so nothing is allocated."""
-    np.mean(a, axis=axis, keepdims=True, out=mean)
+    with 1 last, `square` `a`'s shape: preallocated, so nothing is allocated. `average`
+    is a (width, 1) column of 1 / width: a mean as a matrix product is a fifth of the
+    cost of `np.mean` here (1.5 against 7 us for 4 x 256, measured)."""
+    np.matmul(a, average, out=mean)
     np.subtract(a, mean, out=a)
     np.multiply(a, a, out=square)
-    np.mean(square, axis=axis, keepdims=True, out=mean)
+    np.matmul(square, average, out=mean)
     np.add(mean, LN_EPS, out=mean)
     np.sqrt(mean, out=mean)
     np.divide(a, mean, out=a)
@@ -531,6 +533,7 @@ class NumpyEngine(Engine):
             self._ln_square = np.zeros((cap, 4, H), dtype=np.float32)
             self._ln_c_mean = np.zeros((cap, 1), dtype=np.float32)
             self._ln_c_square = np.zeros((cap, H), dtype=np.float32)
+            self._ln_average = np.full((H, 1), 1.0 / H, dtype=np.float32)
         self._slot_plans: dict[int, _Plan] = {}
         self._batch_plans: dict[int, _Plan] = {}
 
@@ -598,7 +601,7 @@ class NumpyEngine(Engine):
                 x_gates = None
             if plan.norms is not None:  # each gate normalised, then its gain and shift
                 g4, mean, square = plan.norms[k][:3]
-                _normalise(g4, mean, square, 2)
+                _normalise(g4, mean, square, self._ln_average)
                 mul(g4, plan.norms[k][5], out=g4)
                 add(g4, plan.norms[k][6], out=g4)
             if cell == "lstm":
@@ -612,7 +615,7 @@ class NumpyEngine(Engine):
                 if plan.norms is not None:      # h = o * tanh(LN(c) * gain + shift)
                     _, _, _, c_mean, c_square, _, _, c_gain, c_shift = plan.norms[k]
                     np.copyto(h, c)
-                    _normalise(h, c_mean, c_square, 1)
+                    _normalise(h, c_mean, c_square, self._ln_average)
                     mul(h, c_gain, out=h)
                     add(h, c_shift, out=h)
                     tanh(h, out=h)
