@@ -487,7 +487,20 @@ def apply_regularisation(model, optimizer, dropout: float, weight_decay: float) 
     """Dropout and weight decay changed in place, mid-run (both are read at every step)."""
     model.set_dropout(dropout)
     for group in optimizer.param_groups:
-        group["weight_decay"] = weight_decay
+        if group.get("decays", True):
+            group["weight_decay"] = weight_decay
+
+
+def parameter_groups(model, weight_decay: float) -> list[dict]:
+    """The optimiser's parameter groups: a layer normalisation's gains and shifts are
+    never decayed (decay would pull every gain towards 0, i.e. shrink what the
+    normalisation keeps at one scale, not regularise the weights); everything else is."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    keep = [p for n, p in named if ".ln_" in n]
+    groups = [{"params": [p for n, p in named if ".ln_" not in n], "weight_decay": weight_decay}]
+    if keep:
+        groups.append({"params": keep, "weight_decay": 0.0, "decays": False})
+    return groups
 
 
 @torch.no_grad()
@@ -765,8 +778,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     torch.manual_seed(cfg.seed + rank)
     model = raw_model = build_model(cfg, corpus.codec.vocab_size, init, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 0.0,
+    params = [p for p in model.parameters() if p.requires_grad]  # what the gradient clipping sees
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay or 0.0), lr=cfg.lr,
                                   fused=device.type == "cuda")
     batcher = StreamBatcher(corpus.train, cfg.batch, cfg.seq_len, cfg.seed, rank, world,
                             augment=augmenter(corpus.codec, cfg))

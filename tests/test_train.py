@@ -537,3 +537,18 @@ def test_layer_norm_trains_saves_and_serves(ln_text_run, periodic_text, tmp_path
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--layer-norm is built for the lstm cell only" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad" / "best").exists()
+
+
+def test_layer_norm_gains_are_never_decayed():
+    from ensemble.model import TokenRNN
+    from ensemble.train import apply_regularisation, parameter_groups
+
+    model = TokenRNN(20, "lstm", 2, 16, 16, tie=True, layer_norm=True)
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.0), lr=1e-2)
+    apply_regularisation(model, optimizer, 0.2, 0.1)
+    decayed, kept = optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.1 and kept["weight_decay"] == 0.0
+    assert sorted(names[id(p)] for p in kept["params"]) == sorted(n for n in names.values() if ".ln_" in n)
+    assert len(kept["params"]) == 8 and "rnn.weight_hh_l0" in {names[id(p)] for p in decayed["params"]}
+    assert len(parameter_groups(TokenRNN(20, "lstm", 2, 16, 16), 0.1)) == 1  # plain models: as before
