@@ -68,6 +68,44 @@ def test_layer_norm_lstm_is_what_its_docstring_says():
     assert torch.all(fresh.ln_gates_bias_l0[H : 2 * H] == 1) and torch.all(fresh.ln_gates_bias_l0[:H] == 0)
 
 
+def test_layer_norm_lstm_backward_is_the_gradient():
+    """The hand-written backward (`_LayerNormLSTMLayer`) against finite differences in
+    float64, with gradients flowing in through the outputs y, h_T and c_T, and against
+    autograd's own through the plain step-by-step loop in float32."""
+    import torch.nn.functional as F
+
+    from ensemble.model import _LayerNormLSTMLayer
+
+    torch.manual_seed(5)
+    B, T, H = 3, 5, 4
+    d = torch.double
+    args = [torch.randn(B, T, 4 * H, dtype=d), torch.randn(B, H, dtype=d), torch.randn(B, H, dtype=d),
+            torch.randn(4 * H, H, dtype=d) * 0.5, 1 + 0.3 * torch.randn(4, H, dtype=d), 0.3 * torch.randn(4, H, dtype=d),
+            1 + 0.3 * torch.randn(H, dtype=d), 0.3 * torch.randn(H, dtype=d)]
+    args = [a.requires_grad_() for a in args]
+    assert torch.autograd.gradcheck(_LayerNormLSTMLayer.apply, args)
+
+    def loop(gx, h, c, w_hh, gain, shift, cell_gain, cell_shift):
+        out = []
+        for t in range(gx.shape[1]):
+            a = (gx[:, t] + F.linear(h, w_hh)).view(B, 4, H)
+            i, f, g, o = (F.layer_norm(a, (H,), eps=1e-5) * gain + shift).unbind(1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (H,), cell_gain, cell_shift, 1e-5))
+            out.append(h)
+        return torch.stack(out, 1), h, c
+
+    weights = [torch.randn(B, T, H), torch.randn(B, H), torch.randn(B, H)]  # a loss that reads every output
+    grads = []
+    for fn in (_LayerNormLSTMLayer.apply, loop):
+        leaves = [a.detach().float().requires_grad_() for a in args]
+        outs = fn(*leaves)
+        sum((o * w).sum() for o, w in zip(outs, weights)).backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for ours, autograds in zip(*grads):
+        assert torch.allclose(ours, autograds, atol=1e-5, rtol=1e-4)
+
+
 def test_layer_norm_dropout_only_between_layers_and_only_in_training():
     torch.manual_seed(4)
     model = TokenRNN(11, "lstm", 2, hidden=16, embedding=4, dropout=0.5, layer_norm=True)
