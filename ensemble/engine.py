@@ -477,7 +477,6 @@ class NumpyEngine(Engine):
         x_width = 0 if input_table else E
         super().__init__(weights, StateBank(L, H, cfg.cell == "lstm", slots, x_width))
         self.cell, self.layers, self.hidden = cfg.cell, L, H
-        self.layer_norm = cfg.layer_norm
         self.ln_params = [_layer_norm_params(weights, l) for l in range(L)] if cfg.layer_norm else None
         f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
         pad = lambda M: np.pad(M, ((0, 0), (0, gate_width - M.shape[1])))  # zero columns: gates that stay 0
@@ -527,7 +526,7 @@ class NumpyEngine(Engine):
         self._x_gates = np.zeros((cap, self.gate_width), dtype=np.float32)  # table rows of a batch
         self._logits = np.zeros((cap, self.head.shape[1]), dtype=np.float32)
         self._logit_rows = [self._logits[j : j + 1] for j in range(cap)]
-        if self.layer_norm:
+        if self.ln_params is not None:
             H = self.hidden
             self._ln_mean = np.zeros((cap, 4, 1), dtype=np.float32)
             self._ln_square = np.zeros((cap, 4, H), dtype=np.float32)
@@ -556,7 +555,7 @@ class NumpyEngine(Engine):
                 parts = (g[:, : 2 * H], g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H : 4 * H])
             p.layers.append((x, W, b, g, h) + parts)
         p.norms = None
-        if self.layer_norm:  # per layer: the gates as (B, 4, H) (a view of g), buffers, gains
+        if self.ln_params is not None:  # per layer: the gates as (B, 4, H) (a view of g), buffers, gains
             g4 = g[:, : 4 * H].reshape(B, 4, H)
             assert np.shares_memory(g4, g)  # normalised in place
             buffers = (self._ln_mean[:B], self._ln_square[:B], self._ln_c_mean[:B], self._ln_c_square[:B])

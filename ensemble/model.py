@@ -80,6 +80,13 @@ class RNNState:
         return self._map(lambda t: t.to(device))
 
 
+def _ln_forward(a: Tensor) -> tuple[Tensor, Tensor]:
+    """a normalised along the last axis, and 1 / sigma (biased variance, `LN_EPS`)."""
+    d = a - a.mean(-1, keepdim=True)
+    inv_sigma = torch.rsqrt(d.square().mean(-1, keepdim=True) + LN_EPS)
+    return d * inv_sigma, inv_sigma
+
+
 def _ln_back(dn: Tensor, n: Tensor, inv_sigma: Tensor) -> Tensor:
     """d loss / d a for n = (a - mean) / sigma along the last axis."""
     return (dn - dn.mean(-1, keepdim=True) - n * (dn * n).mean(-1, keepdim=True)) * inv_sigma
@@ -115,13 +122,8 @@ class _LayerNormLSTMLayer(torch.autograd.Function):
         cs[:, 0] = c0
         h = h0
         for t in range(T):
-            a = torch.addmm(gx[:, t], h, w_hh.t()).view(B, 4, H)
-            mu = a.mean(-1, keepdim=True)
-            d = a - mu
-            s = torch.rsqrt(d.square().mean(-1, keepdim=True) + LN_EPS)
-            n = d * s
+            n, inv[:, t] = _ln_forward(torch.addmm(gx[:, t], h, w_hh.t()).view(B, 4, H))
             ns[:, t] = n
-            inv[:, t] = s
             z = torch.addcmul(shift, n, gain)
             act = acts[:, t]
             torch.sigmoid(z, out=act)
@@ -129,12 +131,8 @@ class _LayerNormLSTMLayer(torch.autograd.Function):
             i, f, g, o = act.unbind(1)
             c = torch.addcmul(f * cs[:, t], i, g)
             cs[:, t + 1] = c
-            cm = c.mean(-1, keepdim=True)
-            cd = c - cm
-            cinvs = torch.rsqrt(cd.square().mean(-1, keepdim=True) + LN_EPS)
-            nc = cd * cinvs
+            nc, cinv[:, t] = _ln_forward(c)
             ncs[:, t] = nc
-            cinv[:, t] = cinvs
             th = torch.tanh(torch.addcmul(cshift, nc, cgain))
             ths[:, t] = th
             h = o * th
