@@ -284,6 +284,47 @@ def test_a_watcher_sees_osc_and_browser_performers_and_the_answers(notes_model, 
         run(main(server.info["web"], server.port))
 
 
+def _strict_json(text: str):
+    """What a browser's JSON.parse accepts: no NaN, no Infinity."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_numbers_reach_a_watcher_as_null_not_as_invalid_json(notes_model, tmp_path):
+    async def main(server, url):
+        watcher, player = await Page.open(url), await Page.open(url)
+        await player.send("/ensemble/hello", "web1", "duet")
+        await player.send("/ensemble/note", "web1", 60, 90)
+        await player.until("/ensemble/note")
+        engine, slot = server.conductor.engine, server.conductor.performers["web1"].slot
+        done = asyncio.get_running_loop().create_future()
+
+        def diverge():  # on the server's loop: the watched performer's top cells blow up
+            engine.bank.c[slot, -1, :3] = [float("nan"), float("inf"), -float("inf")]  # set_state refuses these
+            done.get_loop().call_soon_threadsafe(done.set_result, None)
+
+        server.loop.call_soon_threadsafe(diverge)
+        await done
+        await watcher.send("/ensemble/watch", "web1")
+        while True:
+            msg = await watcher.ws.receive(10)
+            message = _strict_json(msg.data)  # raises on NaN / Infinity
+            if message["address"] == "/ensemble/cells":
+                break
+        performer, cells = message["args"]
+        assert performer == "web1" and cells[:3] == [None, None, None]
+        assert all(isinstance(v, float) for v in cells[3:])
+        await player.send("/ensemble/note", "web1", 62, 90)  # the watch goes on: the next batch parses too
+        m = await watcher.until("/ensemble/watch", where=lambda m: bool(m.get("events")))
+        assert any(e[2] == "web1" for e in m["events"])
+        await watcher.close()
+        await player.close()
+
+    with ServerThread(web_config(notes_model, tmp_path)) as server:
+        run(main(server, server.info["web"]))
+
+
 def test_web_setting_is_checked(tmp_path):
     from ensemble.errors import UserError
     from ensemble.server.config import ServerConfig

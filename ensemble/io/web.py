@@ -54,7 +54,29 @@ WATCH_INTERVAL = 0.05    # seconds between watch batches (at most 20 a second pe
 WATCH_EVENTS = 512       # events kept for one batch; beyond, the oldest are dropped (counted)
 STATUS_EVERY = 0.5       # seconds between performer tables sent to watchers
 CELLS = 64               # LSTM cell activations sent for the watched performer (the top layer, first CELLS)
-_encode = json.JSONEncoder(separators=(",", ":")).encode  # compact JSON; one encoder, not one per message
+_strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # compact; one encoder, not one per message
+
+
+def _finite(value):
+    """`value` with every NaN and infinity (JSON has neither) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _encode(message) -> str:
+    """Compact JSON a browser can parse. Python writes NaN and Infinity, which JSON.parse
+    refuses, so one non-finite number (a diverged cell, a restored snapshot's figure)
+    would lose the whole watch batch for every watcher: those become null. The strict
+    encoder finds them at no extra cost; only then is the message copied."""
+    try:
+        return _strict(message)
+    except ValueError:
+        return _strict(_finite(message))
 
 # the OSC address space, with what differs for a browser: a hello names no reply address (answers
 # come back on the socket) but may name a mode; a status goes back on the socket too
