@@ -1,27 +1,44 @@
-"""The int8 live engine: bigger models under a millisecond, with onnxruntime.
+"""The int8 live engine: bigger models under a millisecond, and 16 slots for ~1.5 of one.
 
 A one-slot step of a TokenRNN is matrix-vector products, and for a big model the time
 goes into reading the weights: a 2 x 1024 LSTM over 3,660 tokens is 20.5 M weights,
 82 MB in float32, which one core here streams in 3-4 ms (the float32 numpy engine's
 floor, `ensemble bench step` prints it). In int8 the same weights are 20.5 MB and stay
 in the 32 MB L3 cache, and the products run on the CPU's int8 dot-product instructions
-(AVX512-VNNI here). numpy has no int8 or bf16 matrix product; onnxruntime has one made
-for exactly this (token-by-token decoding): the `MatMulNBits` operator, weights
-quantised in blocks of `BLOCK` (128) inputs with one float scale each, activations
-quantised on the fly (``accuracy_level`` 4).
+(AVX512-VNNI here). numpy has no int8 matrix product; onnxruntime has two that matter:
 
-How it is built: every weight matrix of the model (each layer's input and recurrent
-gate weights, the output layer) is quantised here, in numpy, symmetric per block of 128
-inputs per output (``q = round(w / s) + 128``, ``s = max |w| / 127``); the embedding
-and the biases stay float32. One ONNX graph holds a whole step for a batch of B rows
-(tokens, h, c in; logits, h', c' out), built with `onnx.helper` when the engine is made
-(about a second: `onnx` imports slowly, which is why this is not the default engine)
-and run by one onnxruntime session with one thread. The states live in the same
+- ``MatMulNBits`` (made for token-by-token decoding): weights in blocks of `BLOCK` (128)
+  inputs with one float scale each, activations quantised per row and block as they
+  come (``accuracy_level`` 4). The fastest one-row product, but 16 rows cost 4-6x one.
+- ``MatMulIntegerToFloat``: int8 weights with one scale per output column, uint8
+  activations, int32 sums scaled back in the operator. 16 rows cost ~1.1-1.5x one
+  (one row 10-30 % slower than MatMulNBits').
+
+So the engine builds two graphs of one step (tokens, h, c in; logits, h', c' out) and
+runs the one-slot graph (MatMulNBits) for one or two slots and the batch graph for
+`BATCH_FROM` (3) slots or more. What the batch graph multiplies is always a hidden state,
+and every cell's h lies in (-1, 1) (tanh, or a mix of tanh outputs), so it quantises h
+with the FIXED scale 1/127 (`H_SCALE`; a state outside would be clipped): dynamic
+quantisation would scale by the largest value in the whole batch, and one performer's
+answer would then depend on who else played in the same call. Either graph gives a
+slot the same logits whatever else is in its batch; a slot stepped alone and the same
+slot stepped in a batch differ by the two quantisations (both are held to the same
+bounds against torch).
+
+The first layer's input part depends on the token alone, so, as in the numpy engine, it
+is a float32 table (``table[v] = embedding[v] @ W_ih0 + biases``, read with a Gather),
+built while it fits `engine.INPUT_TABLE_MAX_BYTES`; beyond that the embedding row meets
+int8 blocks of W_ih0 (MatMulNBits, in both graphs). Weights are quantised here, in
+numpy, symmetric (``s = max |w| / 127``); biases, tables and layer-norm gains stay
+float32. The graphs are written with `onnx.helper` when the engine is made (about a
+second: `onnx` imports slowly, which is why this is not the default engine) and each
+runs in an onnxruntime session with one thread. The states live in the same
 `StateBank` as the numpy engine's, so snapshots and slots behave the same.
 
-What it costs in accuracy is measured, not assumed: tests/test_engine_int8.py keeps its
-logits close to the torch model's (rnn, gru, lstm x 1-3 layers, batched and not) and
-its validation loss within 0.01 nats/token of the float32 model's; `ensemble eval loss
+What it costs in accuracy is measured, not assumed: tests/test_engine_int8.py keeps both
+graphs' logits close to the torch model's (rnn, gru, lstm x 1-3 layers, one slot and
+batched), a slot's batched logits the same whatever else is in the batch, and the
+validation loss within 0.01 nats/token of the float32 model's; `ensemble eval loss
 --engine int8` gives the same figure for any model and corpus.
 
 Install it with ``pip install 'ensemble[int8]'`` (onnxruntime, onnx); `ensemble serve
@@ -32,11 +49,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ensemble import engine as float_engine
 from ensemble.engine import Engine, StateBank, as_weights
 from ensemble.errors import UserError
 from ensemble.model_types import LN_EPS
 
-BLOCK = 128  # inputs per quantisation block (one float scale each): measured fastest of 32, 64, 128
+BLOCK = 128  # MatMulNBits: inputs per quantisation block (one float scale each); fastest of 32, 64, 128
+H_SCALE = 1.0 / 127.0  # the batch graph: hidden states lie in (-1, 1), uint8 128 + round(h * 127)
+BATCH_FROM = 3  # batches of this many slots or more run the batch graph: measured crossover, 2x1024 to 2x128
 OPSET = 17
 
 
@@ -48,7 +68,7 @@ def _require():
         raise UserError("the int8 engine needs onnxruntime and onnx: pip install 'ensemble[int8]'") from None
 
 
-def quantize(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def quantize_blocks(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """A (K inputs, N outputs) float matrix -> MatMulNBits' int8 blocks (N, ceil(K/block),
     block) as uint8 with zero point 128, and their scales (N * blocks,) float32; a last
     block that K does not fill is padded with zeros."""
@@ -63,20 +83,40 @@ def quantize(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]
     return q.astype(np.uint8), scale.astype(np.float32).reshape(-1)
 
 
-def dequantize(q: np.ndarray, scale: np.ndarray, K: int) -> np.ndarray:
-    """The (K, N) float matrix the int8 weights stand for (what the tests compare)."""
+def dequantize_blocks(q: np.ndarray, scale: np.ndarray, K: int) -> np.ndarray:
+    """The (K, N) float matrix the int8 blocks stand for (what the tests compare)."""
     N, blocks, block = q.shape
     w = (q.astype(np.float32) - 128.0) * scale.reshape(N, blocks, 1)
     return w.reshape(N, blocks * block)[:, :K].T
 
 
-class _Graph:
-    """An ONNX graph for one step, written node by node."""
+def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A (K inputs, N outputs) float matrix -> int8 (K, N) and one scale per output
+    column (N,) float32: w ~ q * scale, symmetric, an all-zero column scale 1."""
+    scale = np.abs(w).max(axis=0) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(w / scale), -127, 127)
+    return q.astype(np.int8), scale.astype(np.float32)
 
-    def __init__(self):
+
+def dequantize_columns(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The (K, N) float matrix the int8 columns stand for."""
+    return q.astype(np.float32) * scale
+
+
+def _table_fits(vocab: int, width: int) -> bool:
+    return vocab * width * 4 <= float_engine.INPUT_TABLE_MAX_BYTES
+
+
+class _Graph:
+    """An ONNX graph for one step, written node by node. `batched`: products of hidden
+    states run as fixed-scale MatMulIntegerToFloat (the batch graph), else MatMulNBits."""
+
+    def __init__(self, batched: bool):
         from onnx import helper, numpy_helper
 
         self.helper, self.numpy_helper = helper, numpy_helper
+        self.batched = batched
         self.nodes, self.initializers = [], []
         self.names = 0
 
@@ -112,30 +152,58 @@ class _Graph:
         scaled = self.op("Mul", [normed, self.const(gain.astype(np.float32), hint + "_gain")])
         return self.op("Add", [scaled, self.const(shift.astype(np.float32), hint + "_shift")])
 
-    def linear(self, x: str, w: np.ndarray, bias: np.ndarray | None, hint: str) -> str:
-        """x @ w (+ bias), w (K, N) quantised to int8 blocks."""
+    def blocks(self, x: str, w: np.ndarray, bias: np.ndarray | None, hint: str) -> str:
+        """x @ w (+ bias), w in int8 blocks, x quantised per row and block as it comes
+        (MatMulNBits, accuracy level 4): any x, and a one-row product at its fastest."""
         K, N = w.shape
-        q, scale = quantize(w)
+        q, scale = quantize_blocks(w)
         inputs = [x, self.const(q, hint + "_q"), self.const(scale, hint + "_s")]
         if bias is not None:  # MatMulNBits' own bias input (after zero points and g_idx, not given)
             inputs += ["", "", self.const(bias.astype(np.float32), hint + "_b")]
         return self.op("MatMulNBits", inputs, domain="com.microsoft", K=K, N=N, bits=8, block_size=BLOCK,
                        accuracy_level=4)
 
+    def linear(self, h: str, w: np.ndarray, bias: np.ndarray | None, hint: str) -> str:
+        """h @ w (+ bias) for a hidden state h in (-1, 1). The batch graph quantises h
+        with the fixed H_SCALE and multiplies int8 columns (MatMulIntegerToFloat: 16 rows
+        cost about what one does); the one-slot graph uses `blocks`."""
+        if not self.batched:
+            return self.blocks(h, w, bias, hint)
+        h_scale, zero = self.const(np.float32(H_SCALE), hint + "_hs"), self.const(np.uint8(128), hint + "_hz")
+        hq = self.op("QuantizeLinear", [h, h_scale, zero])
+        q, scale = quantize_columns(w)
+        inputs = [hq, self.const(q, hint + "_q"), h_scale, self.const(scale, hint + "_s"), zero]
+        if bias is not None:
+            inputs += ["", self.const(bias.astype(np.float32), hint + "_b")]
+        return self.op("MatMulIntegerToFloat", inputs, domain="com.microsoft")
 
-def build_step_model(weights) -> bytes:
+    def token_input(self, embedding: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> str:
+        """The first layer's input part, embedding[tokens] @ w (+ bias): a float32 table
+        row per token while the table fits (as in the numpy engine), else the embedding
+        row times int8 blocks of w. The same in both graphs."""
+        vocab, width = embedding.shape[0], w.shape[1]
+        if _table_fits(vocab, width):
+            table = embedding @ w + (0.0 if bias is None else bias)
+            return self.op("Gather", [self.const(table.astype(np.float32), "table"), "tokens"], axis=0)
+        rows = self.op("Gather", [self.const(embedding.astype(np.float32), "embed"), "tokens"], axis=0)
+        return self.blocks(rows, w, bias, "l0_x")
+
+
+def build_step_model(weights, batched: bool = False) -> bytes:
     """The serialised ONNX model of one step: tokens (B,) int64, h (B, L*H), c (B, L*H)
-    -> logits (B, vocab), h', c' (c only for LSTM)."""
+    -> logits (B, vocab), h', c' (c only for LSTM). `batched`: the batch graph (see the
+    module doc)."""
     from onnx import TensorProto, helper
 
     cfg = weights.config
     L, H, cell = cfg.layers, cfg.hidden, cfg.cell
     a = {k: np.asarray(v, dtype=np.float64) for k, v in weights.arrays.items()}
-    g = _Graph()
-    x = g.op("Gather", [g.const(a["embed.weight"].astype(np.float32), "embed"), "tokens"], axis=0)
+    g = _Graph(batched)
+    embedding = a["embed.weight"]
     gates = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
     splits = g.const(np.full(gates, H, dtype=np.int64), "split")
     hs, cs = [], []
+    x = None  # the layer below's h; for layer 0 the token's input part stands in
     for layer in range(L):
         cut = lambda src: g.op("Slice", [src, g.const(np.array([layer * H]), "start"),  # noqa: E731
                                          g.const(np.array([(layer + 1) * H]), "end"), g.const(np.array([1]), "axis")])
@@ -146,7 +214,8 @@ def build_step_model(weights) -> bytes:
         else:
             b_ih, b_hh = a[f"rnn.bias_ih_l{layer}"], a[f"rnn.bias_hh_l{layer}"]
         if cell == "gru":  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): the two halves stay apart
-            gx = g.linear(x, w_ih.T, b_ih, f"l{layer}_x")
+            gx = (g.token_input(embedding, w_ih.T, b_ih) if layer == 0
+                  else g.linear(x, w_ih.T, b_ih, f"l{layer}_x"))
             gh = g.linear(h, w_hh.T, b_hh, f"l{layer}_h")
             xr, xz, xn = g.op("Split", [gx, splits], 3, axis=1)
             hr, hz, hn = g.op("Split", [gh, splits], 3, axis=1)
@@ -154,10 +223,13 @@ def build_step_model(weights) -> bytes:
             z = g.op("Sigmoid", [g.op("Add", [xz, hz])])
             n = g.op("Tanh", [g.op("Add", [xn, g.op("Mul", [r, hn])])])
             new_h = g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])])  # (1 - z) n + z h
-        else:  # one product of [x, h] with the stacked input and recurrent weights
-            both = g.op("Concat", [x, h], axis=1)
-            pre = g.linear(both, np.concatenate([w_ih.T, w_hh.T], axis=0),
-                           None if b_ih is None else b_ih + b_hh, f"l{layer}")
+        else:
+            bias = None if b_ih is None else b_ih + b_hh
+            if layer == 0:  # the token's part (with the biases) + h_0 @ W_hh
+                pre = g.op("Add", [g.token_input(embedding, w_ih.T, bias), g.linear(h, w_hh.T, None, "l0_h")])
+            else:  # one product of [x, h] with the stacked input and recurrent weights
+                pre = g.linear(g.op("Concat", [x, h], axis=1), np.concatenate([w_ih.T, w_hh.T], axis=0),
+                               bias, f"l{layer}")
             if cell == "rnn":
                 new_h = g.op("Tanh", [pre])
             else:  # torch's gate order: i, f, g, o
@@ -216,16 +288,22 @@ class Int8Engine(Engine):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(build_step_model(weights), options, providers=["CPUExecutionProvider"])
-        self.weight_bytes = sum(int(np.prod(s)) for s in self._matrix_shapes(cfg))  # one byte each
+        make = lambda batched: ort.InferenceSession(build_step_model(weights, batched), options,  # noqa: E731
+                                                    providers=["CPUExecutionProvider"])
+        # one slot: MatMulNBits, the fastest one-row product; batches: fixed-scale int8
+        # columns, whose 16 rows cost ~1.5x one (MatMulNBits' cost 4-6x)
+        self.session, self.batch_session = make(False), make(True)
+        self.weight_bytes = self._step_bytes(cfg)
 
     @staticmethod
-    def _matrix_shapes(cfg):
-        gates = {"rnn": 1, "gru": 3, "lstm": 4}[cfg.cell]
-        for layer in range(cfg.layers):
-            yield (cfg.embedding if layer == 0 else cfg.hidden, gates * cfg.hidden)
-            yield (cfg.hidden, gates * cfg.hidden)
-        yield (cfg.hidden, cfg.vocab_size)
+    def _step_bytes(cfg) -> int:
+        """Bytes of weights one slot's step reads: int8 matrices, one byte a weight, and
+        the first layer's input (a float32 table row, or a float32 embedding row and int8
+        blocks of its weights)."""
+        G = {"rnn": 1, "gru": 3, "lstm": 4}[cfg.cell] * cfg.hidden
+        matrices = (cfg.hidden * G + (cfg.layers - 1) * 2 * cfg.hidden * G + cfg.hidden * cfg.vocab_size)
+        first = 4 * G if _table_fits(cfg.vocab_size, G) else 4 * cfg.embedding + cfg.embedding * G
+        return matrices + first
 
     def step(self, slots, tokens) -> np.ndarray:
         slots, tokens, sl, _ = self._arrays(slots, tokens)
@@ -235,7 +313,7 @@ class Int8Engine(Engine):
         feeds = {"tokens": tokens.astype(np.int64), "h": bank.rows[slots, h_cols]}
         if bank.c is not None:
             feeds["c"] = bank.c[slots].reshape(len(sl), L * H)
-        out = self.session.run(None, feeds)
+        out = (self.batch_session if len(sl) >= BATCH_FROM else self.session).run(None, feeds)
         bank.rows[slots, h_cols] = out[1]
         if bank.c is not None:
             bank.c[slots] = out[2].reshape(len(sl), L, H)
