@@ -26,9 +26,10 @@ slot stepped in a batch differ by the two quantisations (both are held to the sa
 bounds against torch).
 
 The first layer's input part depends on the token alone, so, as in the numpy engine, it
-is a float32 table (``table[v] = embedding[v] @ W_ih0 + biases``, read with a Gather),
-built while it fits `engine.INPUT_TABLE_MAX_BYTES`; beyond that the embedding row meets
-int8 blocks of W_ih0 (MatMulNBits, in both graphs). Weights are quantised here, in
+is a float32 table (``table[v] = embedding[v] @ W_ih0 + biases``: one copy, in numpy,
+whose rows either graph takes as its input x0), built while it fits
+`engine.INPUT_TABLE_MAX_BYTES`; beyond that the embedding row meets int8 blocks of
+W_ih0 (MatMulNBits, in both graphs). Weights are quantised here, in
 numpy, symmetric (``s = max |w| / 127``); biases, tables and layer-norm gains stay
 float32. The graphs are written with `onnx.helper` when the engine is made (about a
 second: `onnx` imports slowly, which is why this is not the default engine) and each
@@ -177,29 +178,51 @@ class _Graph:
             inputs += ["", self.const(bias.astype(np.float32), hint + "_b")]
         return self.op("MatMulIntegerToFloat", inputs, domain="com.microsoft")
 
-    def token_input(self, embedding: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> str:
-        """The first layer's input part, embedding[tokens] @ w (+ bias): a float32 table
-        row per token while the table fits (as in the numpy engine), else the embedding
-        row times int8 blocks of w. The same in both graphs."""
-        vocab, width = embedding.shape[0], w.shape[1]
-        if _table_fits(vocab, width):
-            table = embedding @ w + (0.0 if bias is None else bias)
-            return self.op("Gather", [self.const(table.astype(np.float32), "table"), "tokens"], axis=0)
+    def token_input(self, weights, table: bool) -> str:
+        """The first layer's input part, embedding[tokens] @ W_ih0 (+ its biases): the
+        graph's input x0 (the engine's float32 table rows, see `input_table`), or, with
+        no table, the embedding row times int8 blocks of W_ih0. The same in both graphs."""
+        if table:
+            return "x0"
+        embedding, w, bias = _first_layer(weights)
         rows = self.op("Gather", [self.const(embedding.astype(np.float32), "embed"), "tokens"], axis=0)
         return self.blocks(rows, w, bias, "l0_x")
 
 
-def build_step_model(weights, batched: bool = False) -> bytes:
-    """The serialised ONNX model of one step: tokens (B,) int64, h (B, L*H), c (B, L*H)
-    -> logits (B, vocab), h', c' (c only for LSTM). `batched`: the batch graph (see the
-    module doc)."""
+def _first_layer(weights) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The embedding, the first layer's input weights (E, gates) and the biases that go
+    with its input part: b_ih + b_hh (rnn, lstm), b_ih (gru: b_hn stays with the
+    hidden part), none (layer-normalised)."""
+    cfg, a = weights.config, weights.arrays
+    w = np.asarray(a["rnn.weight_ih_l0"], dtype=np.float64).T
+    if cfg.layer_norm:
+        bias = None
+    elif cfg.cell == "gru":
+        bias = np.asarray(a["rnn.bias_ih_l0"], dtype=np.float64)
+    else:
+        bias = np.asarray(a["rnn.bias_ih_l0"], dtype=np.float64) + np.asarray(a["rnn.bias_hh_l0"], dtype=np.float64)
+    return np.asarray(a["embed.weight"], dtype=np.float64), w, bias
+
+
+def input_table(weights) -> np.ndarray | None:
+    """table[v] = embedding[v] @ W_ih0 + biases, float32 (vocab, gates), while it fits
+    `engine.INPUT_TABLE_MAX_BYTES`; None beyond. One copy, fed to both graphs."""
+    embedding, w, bias = _first_layer(weights)
+    if not _table_fits(embedding.shape[0], w.shape[1]):
+        return None
+    return np.ascontiguousarray(embedding @ w + (0.0 if bias is None else bias), dtype=np.float32)
+
+
+def build_step_model(weights, batched: bool = False, table: bool = True) -> bytes:
+    """The serialised ONNX model of one step: x0 (B, gates) float32, the input table's
+    rows (`table`), or tokens (B,) int64; h (B, L*H), c (B, L*H) -> logits (B, vocab),
+    h', c' (c only for LSTM). `batched`: the batch graph (see the module doc)."""
     from onnx import TensorProto, helper
 
     cfg = weights.config
     L, H, cell = cfg.layers, cfg.hidden, cfg.cell
     a = {k: np.asarray(v, dtype=np.float64) for k, v in weights.arrays.items()}
     g = _Graph(batched)
-    embedding = a["embed.weight"]
     gates = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
     splits = g.const(np.full(gates, H, dtype=np.int64), "split")
     hs, cs = [], []
@@ -214,8 +237,7 @@ def build_step_model(weights, batched: bool = False) -> bytes:
         else:
             b_ih, b_hh = a[f"rnn.bias_ih_l{layer}"], a[f"rnn.bias_hh_l{layer}"]
         if cell == "gru":  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): the two halves stay apart
-            gx = (g.token_input(embedding, w_ih.T, b_ih) if layer == 0
-                  else g.linear(x, w_ih.T, b_ih, f"l{layer}_x"))
+            gx = g.token_input(weights, table) if layer == 0 else g.linear(x, w_ih.T, b_ih, f"l{layer}_x")
             gh = g.linear(h, w_hh.T, b_hh, f"l{layer}_h")
             xr, xz, xn = g.op("Split", [gx, splits], 3, axis=1)
             hr, hz, hn = g.op("Split", [gh, splits], 3, axis=1)
@@ -226,7 +248,7 @@ def build_step_model(weights, batched: bool = False) -> bytes:
         else:
             bias = None if b_ih is None else b_ih + b_hh
             if layer == 0:  # the token's part (with the biases) + h_0 @ W_hh
-                pre = g.op("Add", [g.token_input(embedding, w_ih.T, bias), g.linear(h, w_hh.T, None, "l0_h")])
+                pre = g.op("Add", [g.token_input(weights, table), g.linear(h, w_hh.T, None, "l0_h")])
             else:  # one product of [x, h] with the stacked input and recurrent weights
                 pre = g.linear(g.op("Concat", [x, h], axis=1), np.concatenate([w_ih.T, w_hh.T], axis=0),
                                bias, f"l{layer}")
@@ -257,8 +279,9 @@ def build_step_model(weights, batched: bool = False) -> bytes:
         elif parts:  # one layer: the state is the graph's output under its own name
             g.rename(parts[0], name)
     f32 = TensorProto.FLOAT
-    inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["B"]),
-              helper.make_tensor_value_info("h", f32, ["B", L * H])]
+    first = (helper.make_tensor_value_info("x0", f32, ["B", gates * H]) if table
+             else helper.make_tensor_value_info("tokens", TensorProto.INT64, ["B"]))
+    inputs = [first, helper.make_tensor_value_info("h", f32, ["B", L * H])]
     if cell == "lstm":
         inputs.append(helper.make_tensor_value_info("c", f32, ["B", L * H]))
     shapes = {"logits": ["B", cfg.vocab_size], "h_out": ["B", L * H], "c_out": ["B", L * H]}
@@ -288,7 +311,9 @@ class Int8Engine(Engine):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        make = lambda batched: ort.InferenceSession(build_step_model(weights, batched), options,  # noqa: E731
+        self.input_table = input_table(weights)
+        table = self.input_table is not None
+        make = lambda batched: ort.InferenceSession(build_step_model(weights, batched, table), options,  # noqa: E731
                                                     providers=["CPUExecutionProvider"])
         # one slot: MatMulNBits, the fastest one-row product; batches: fixed-scale int8
         # columns, whose 16 rows cost ~1.5x one (MatMulNBits' cost 4-6x)
@@ -310,7 +335,11 @@ class Int8Engine(Engine):
         bank = self.bank
         L, H = self.layers, self.hidden
         h_cols = slice(bank.h_start, bank.h_start + L * H)
-        feeds = {"tokens": tokens.astype(np.int64), "h": bank.rows[slots, h_cols]}
+        if self.input_table is not None:
+            feeds = {"x0": self.input_table.take(tokens, axis=0)}
+        else:
+            feeds = {"tokens": tokens.astype(np.int64)}
+        feeds["h"] = bank.rows[slots, h_cols]
         if bank.c is not None:
             feeds["c"] = bank.c[slots].reshape(len(sl), L * H)
         out = (self.batch_session if len(sl) >= BATCH_FROM else self.session).run(None, feeds)
