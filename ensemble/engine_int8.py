@@ -318,16 +318,16 @@ class Int8Engine(Engine):
         # one slot: MatMulNBits, the fastest one-row product; batches: fixed-scale int8
         # columns, whose 16 rows cost ~1.5x one (MatMulNBits' cost 4-6x)
         self.session, self.batch_session = make(False), make(True)
-        self.weight_bytes = self._step_bytes(cfg)
+        self.weight_bytes = self._step_bytes(cfg, table)
 
     @staticmethod
-    def _step_bytes(cfg) -> int:
+    def _step_bytes(cfg, table: bool) -> int:
         """Bytes of weights one slot's step reads: int8 matrices, one byte a weight, and
         the first layer's input (a float32 table row, or a float32 embedding row and int8
         blocks of its weights)."""
         G = {"rnn": 1, "gru": 3, "lstm": 4}[cfg.cell] * cfg.hidden
         matrices = (cfg.hidden * G + (cfg.layers - 1) * 2 * cfg.hidden * G + cfg.hidden * cfg.vocab_size)
-        first = 4 * G if _table_fits(cfg.vocab_size, G) else 4 * cfg.embedding + cfg.embedding * G
+        first = 4 * G if table else 4 * cfg.embedding + cfg.embedding * G
         return matrices + first
 
     def step(self, slots, tokens) -> np.ndarray:
