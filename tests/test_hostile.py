@@ -480,3 +480,39 @@ def test_a_hello_naming_an_unknown_mode_is_refused(notes_model, tmp_path):
         assert conductor.performers["kim"].mode == "listen"
     finally:
         loop.close()
+
+
+def test_one_read_is_bounded_and_a_bug_costs_one_datagram(monkeypatch, caplog):
+    """Both UDP servers drain their socket through `limits.drain`: at most
+    MAX_DATAGRAMS_PER_READ datagrams per readable event, and a handler that raises loses
+    that datagram alone."""
+    import logging
+
+    from ensemble.io import limits
+
+    monkeypatch.setattr(limits, "MAX_DATAGRAMS_PER_READ", 5)
+    rx, tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        for i in range(12):
+            tx.sendto(bytes([i]), rx.getsockname())
+        handled = []
+
+        def handle(data, addr):
+            if data == b"\x03":
+                raise RuntimeError("a bug")
+            handled.append(data[0])
+
+        log = logging.getLogger("ensemble.test-drain")
+        with caplog.at_level(logging.ERROR, logger="ensemble.test-drain"):
+            limits.drain(rx, handle, log)
+            assert handled == [0, 1, 2, 4]  # five read, the fourth lost to the bug
+            assert "internal error on a datagram from 127.0.0.1" in caplog.text
+            limits.drain(rx, handle, log)
+            limits.drain(rx, handle, log)
+            assert handled == [0, 1, 2, 4] + list(range(5, 12))
+            limits.drain(rx, handle, log)  # nothing left: returns at once
+    finally:
+        rx.close()
+        tx.close()

@@ -98,3 +98,26 @@ class Admission:
             self.quiet.warning(addr[0], "%sdropped a packet from %s: not in the allowed networks", self.what, addr[0])
             return False
         return self.source_limit.allow(addr[:2])
+
+
+MAX_DATAGRAMS_PER_READ = 256  # one readable event reads at most this many: a flood yields to the loop
+
+
+def drain(sock, handle, log: logging.Logger) -> None:
+    """Read what a non-blocking UDP socket holds and `handle(data, addr)` each datagram,
+    at most MAX_DATAGRAMS_PER_READ of them (the rest wait for the next readable event,
+    so a flood cannot keep the loop from its timers and its other sockets). A socket
+    error (an ICMP port unreachable reported on it) skips to the next datagram; a bug in
+    `handle` costs its own datagram, never the others."""
+    for _ in range(MAX_DATAGRAMS_PER_READ):
+        try:
+            data, addr = sock.recvfrom(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("recvfrom: %s", exc)
+            continue
+        try:
+            handle(data, addr)
+        except Exception:
+            log.exception("internal error on a datagram from %s:%s", addr[0], addr[1])

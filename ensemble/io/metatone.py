@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.io.datagram import BadDatagram, parse
-from ensemble.io.limits import Admission, QuietLog, RateLimiter
+from ensemble.io.limits import Admission, QuietLog, RateLimiter, drain
 from ensemble.io.metatone_ensemble import EnsembleFlow
 from ensemble.io.osc import build, ip_of
 from ensemble.messages import ControlError, EventError, Goodbye, Hello, Origin, Play
@@ -85,7 +85,6 @@ SIGNATURES = {
 }
 SERVICE_TYPE = "_osclogger._udp.local."
 ENSEMBLE_NAME = "ensemble"  # the sender named in new-idea events (the classifier's own name)
-MAX_DATAGRAMS_PER_READ = 256
 MAX_WINDOW_POINTS = 1024   # touches kept per device (a finger at 120 Hz for 8 s)
 MAX_PLAYED_POINTS = 240    # touches the band plays to one device in one interval
 MAX_SWITCHES = 32          # switch names remembered per device
@@ -412,18 +411,7 @@ class MetatoneServer:
 
     def _readable(self) -> None:
         try:
-            for _ in range(MAX_DATAGRAMS_PER_READ):
-                try:
-                    data, addr = self.sock.recvfrom(65536)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    log.debug("recvfrom: %s", exc)
-                    continue
-                try:
-                    self.datagram(data, addr)
-                except Exception:  # a bug costs one datagram, never the server
-                    log.exception("metatone: internal error on a datagram from %s:%s", addr[0], addr[1])
+            drain(self.sock, self.datagram, log)
         finally:
             self.conductor.flush()
 

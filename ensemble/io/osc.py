@@ -31,7 +31,7 @@ import logging
 import socket
 
 from ensemble.io.datagram import BadDatagram, encode, parse
-from ensemble.io.limits import Admission, QuietLog, RateLimiter
+from ensemble.io.limits import Admission, QuietLog, RateLimiter, drain
 from ensemble.messages import (ControlError, EventError, Goodbye, Hello, Origin, Panic, Play, Reset, SetMode,
                                SetParam, StatusRequest)
 
@@ -56,7 +56,6 @@ SIGNATURES = {
 # reflected), and answering them with an error is how packet storms start
 REPLIES = {"/ensemble/note": 4, "/ensemble/touch": 4, "/ensemble/gesture": 3}
 EVENTS = frozenset(REPLIES)  # played events: rate-limited per performer when bound wider
-MAX_DATAGRAMS_PER_READ = 256
 AMPLIFICATION = 4      # a reply to a sender beyond this machine: at most this many times its request
 MAX_LOOKUPS = 8        # host-name lookups in flight at once
 LOOKUP_CACHE = 256
@@ -212,18 +211,7 @@ class OscServer:
 
     def _readable(self) -> None:
         try:
-            for _ in range(MAX_DATAGRAMS_PER_READ):
-                try:
-                    data, addr = self.sock.recvfrom(65536)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
-                    log.debug("recvfrom: %s", exc)
-                    continue
-                try:
-                    self.datagram(data, addr)
-                except Exception:  # a bug must cost one datagram, never the others
-                    log.exception("internal error on a datagram from %s:%s", addr[0], addr[1])
+            drain(self.sock, self.datagram, log)
         finally:
             self.conductor.flush()  # what the good packets asked for is answered, whatever came with them
 
