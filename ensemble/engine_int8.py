@@ -14,9 +14,9 @@ in the 32 MB L3 cache, and the products run on the CPU's int8 dot-product instru
   activations, int32 sums scaled back in the operator. 16 rows cost ~1.1-1.5x one
   (one row 10-30 % slower than MatMulNBits').
 
-So the engine builds two graphs of one step (tokens, h, c in; logits, h', c' out) and
-runs the one-slot graph (MatMulNBits) for one or two slots and the batch graph for
-`BATCH_FROM` (3) slots or more. What the batch graph multiplies is always a hidden state,
+So the engine builds two graphs of one step (the token's input, h, c in; logits, h', c'
+out) and runs the one-slot graph (MatMulNBits) for one or two slots and the batch graph
+for `BATCH_FROM` (3) slots or more. What the batch graph multiplies is always a hidden state,
 and every cell's h lies in (-1, 1) (tanh, or a mix of tanh outputs), so it quantises h
 with the FIXED scale 1/127 (`H_SCALE`; a state outside would be clipped): dynamic
 quantisation would scale by the largest value in the whole batch, and one performer's
