@@ -11,6 +11,7 @@ def test_bench_serve_answers_every_event(notes_model):
     assert echo["answered"] == 100 and 0 < echo["median_ms"] <= echo["p99_ms"]
     assert len(result["startup_s"]) == 2 and all(0 < s < 30 for s in result["startup_s"])
     assert solo["events"] == 100 and solo["lost"] == 0 and solo["answered"] == 100
+    assert solo["on"]["answered"] == solo["off"]["answered"] == 50  # reported by kind too
     assert band["events"] == 40 and band["answered"] + band["lost"] == 40
     assert band["unexpected"] == 0
     assert 0 < solo["median_ms"] <= solo["p99_ms"]

@@ -523,6 +523,50 @@ def test_performers_with_news_are_stepped_in_one_batch(notes_model, tmp_path):
     asyncio.run(main())
 
 
+def test_a_note_off_is_answered_before_its_step_unless_its_on_is_still_to_step(notes_model, tmp_path):
+    """Duet: ending the answer note needs nothing from the model, so a note-off's reply goes
+    out in `play`, before the step; when the same read also holds this performer's note-on,
+    the off waits for it, or it would end the old answer and leave the new one sounding."""
+    import asyncio
+
+    from ensemble.server.conductor import Conductor
+
+    class Collect:
+        name = "collect"
+
+        def __init__(self):
+            self.sent = []
+
+        def send(self, performer, kind, values, seq):
+            self.sent.append((values[0], values[1], seq))
+
+    async def main():
+        cfg = config(notes_model, tmp_path, record="", default_mode="duet")
+        conductor = Conductor(checkpoint.load(notes_model), cfg, asyncio.get_running_loop())
+        out = Collect()
+        conductor.hello("ann", out)
+        conductor.play("ann", "note", (60, 90))
+        conductor.flush()
+        assert len(out.sent) == 1 and out.sent[0][1] > 0
+        answer = out.sent[0][0]
+        steps = conductor.steps
+        conductor.play("ann", "note", (60, 0))
+        assert out.sent[1:] == [(answer, 0, 2)]  # ended at once, before any step
+        assert conductor.steps == steps
+        conductor.flush()
+        assert conductor.steps == steps + 1 and len(out.sent) == 2  # stepped after; nothing more sent
+        # an on and its off in one read: the off ends the NEW answer, after it is chosen
+        conductor.play("ann", "note", (62, 90))
+        conductor.play("ann", "note", (62, 0))
+        assert len(out.sent) == 2  # the off waits for the on's step
+        conductor.flush()
+        (pitch, velocity, _), off = out.sent[2], out.sent[3]
+        assert velocity > 0 and off == (pitch, 0, 4)
+        assert conductor.held.sounding("ann") == []
+
+    asyncio.run(main())
+
+
 def test_a_killed_server_leaves_a_parseable_log_with_what_it_acknowledged(notes_model, tmp_path):
     """SIGKILL (no shutdown at all): what was flushed, within 100 ms, survives and parses."""
     proc, port = start_server_process(["--model", str(notes_model), "--port", "0", "--record", str(tmp_path / "rec"),

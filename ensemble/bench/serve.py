@@ -5,7 +5,9 @@ stage); this process plays performers over UDP and times each event from the mom
 it is sent to the moment its answer arrives. In duet mode every event gets exactly one
 answer (a note-on its predicted note, a note-off the end of that note), so the k-th
 answer to a performer (sequence number k) belongs to their k-th event and an event with
-no answer is counted as lost.
+no answer is counted as lost. The closed loop alternates note-ons and note-offs and is
+also reported by kind: a note-on's answer waits for the model step and a draw, a
+note-off's goes out before its step.
 
 Runs:
 0. start-up: process start to the "ready" line, over several cold starts;
@@ -188,7 +190,7 @@ def closed_loop(port: int, events: int, warmup: int = 50, name: str = "solo") ->
     a performer belongs to the address that said hello first)."""
     peer = Peer(port)
     hello(peer, [name])
-    latencies, lost = [], 0
+    latencies, lost = ([], []), [0, 0]  # [note-ons, note-offs]
     for k in range(events + warmup):
         sent = time.perf_counter()
         peer.send("/ensemble/note", event_args(name, k))
@@ -198,11 +200,16 @@ def closed_loop(port: int, events: int, warmup: int = 50, name: str = "solo") ->
                 if address == "/ensemble/note" and args[3] == k + 1:
                     break
         except socket.timeout:
-            lost += 1
+            lost[k % 2] += 1
             continue
         if k >= warmup:
-            latencies.append(time.perf_counter() - sent)
-    return summarize(latencies, events, lost)
+            latencies[k % 2].append(time.perf_counter() - sent)
+    result = summarize(latencies[0] + latencies[1], events, sum(lost))
+    # a note-on's answer needs the step and a draw; a note-off's goes out before its step
+    for key, times, missed in (("on", latencies[0], lost[0]), ("off", latencies[1], lost[1])):
+        result[key] = summarize(times, (events + 1 - (key == "off")) // 2, missed)
+        result[key].pop("_ms")
+    return result
 
 
 async def _open_loop(port: int, performers: int, rate: float, seconds: float, prefix: str = "p") -> dict:
@@ -326,6 +333,8 @@ def run(args) -> int:
     print(f"{'run':<34} {'events':>7} {'lost':>5} {'median ms':>10} {'p99 ms':>8} {'max ms':>8}")
     rows = [("bare asyncio UDP echo, closed loop", result["echo"]),
             ("1 performer, closed loop", result["solo"]),
+            ("  its note-ons (step + draw)", result["solo"]["on"]),
+            ("  its note-offs (before the step)", result["solo"]["off"]),
             (f"{args.performers} performers x {args.rate:g}/s x {args.seconds:g} s", result["band"])]
     if "watchers" in result:
         rows += [(f"1 performer, {args.watchers} pages watching", result["watched_solo"]),
@@ -336,6 +345,10 @@ def run(args) -> int:
     if "median_ms" in result["echo"] and "median_ms" in result["solo"]:
         print(f"1 performer / echo: {result['solo']['median_ms'] / result['echo']['median_ms']:.2f}x (medians; "
               f"the echo ran before and after the performer, same client code)")
+        echo = result["echo"]["median_ms"]
+        on, off = result["solo"]["on"], result["solo"]["off"]
+        if "median_ms" in on and "median_ms" in off:
+            print(f"  note-ons / echo: {on['median_ms'] / echo:.2f}x, note-offs / echo: {off['median_ms'] / echo:.2f}x")
     if "watchers" in result:
         w = result["watchers"]
         print(f"the {w['pages']} watching pages received {w['messages']} messages ({w['cells']} of them "

@@ -8,7 +8,8 @@ batched engine call (`flush`), and answers by mode:
 - ``duet``: answer every event at once with the model's prediction of the performer's
   next event (the answer is not fed back: the state is the performer's own playing).
   With notes, a note-on is answered by the note the model expects next (note-offs are
-  masked from that draw) and a note-off ends that answer: one reply per event.
+  masked from that draw) and a note-off ends that answer: one reply per event. A
+  note-off's reply needs nothing from the model, so it goes out before its step.
 - ``respond``: call and response. After `threshold` seconds of silence the machine
   continues in the performer's style, event by event at the predicted times, each
   played event fed back into the state, until the performer plays again.
@@ -69,6 +70,7 @@ class Pending:
     token: int
     own: bool  # True: the machine's own event, fed back; False: the performer played it
     values: tuple = ()
+    answered: bool = False  # its duet answer already went out (a note-off: see `play`)
 
 
 class Conductor:
@@ -319,7 +321,15 @@ class Conductor:
         elif p.mode == "auto" and p.next_event is not None:
             p.next_event.cancel()  # re-planned from the new state after the step
             p.next_event = None
-        self.pending.append(Pending(p, token, own=False, values=values))
+        answered = False
+        if p.mode == "duet" and not self.adapter.answers(values) \
+                and not any(e.performer is p for e in self.pending):
+            # a note-off is answered by ending the answer note: nothing the step makes is
+            # needed, so it goes out now and the step follows (~0.1 ms sooner). Not when this
+            # performer has an event still to step: its answer must come first.
+            self._duet(p, values)
+            answered = True
+        self.pending.append(Pending(p, token, own=False, values=values, answered=answered))
 
     def flush(self) -> None:
         """Step every performer with news, as few batched engine calls as possible."""
@@ -360,7 +370,8 @@ class Conductor:
                 self._plan_next(p)
             return
         if p.mode == "duet":
-            self._duet(p, e.values)
+            if not e.answered:
+                self._duet(p, e.values)
         elif p.mode == "respond":
             if p.silence is not None:  # several events in one flush (a chord): one timer
                 p.silence.cancel()
