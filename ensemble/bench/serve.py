@@ -206,8 +206,8 @@ def closed_loop(port: int, events: int, warmup: int = 50, name: str = "solo") ->
             latencies[k % 2].append(time.perf_counter() - sent)
     result = summarize(latencies[0] + latencies[1], events, sum(lost))
     # a note-on's answer needs the step and a draw; a note-off's goes out before its step
-    for key, times, missed in (("on", latencies[0], lost[0]), ("off", latencies[1], lost[1])):
-        result[key] = summarize(times, (events + 1 - (key == "off")) // 2, missed)
+    for k, key in enumerate(("on", "off")):  # events k, k + 2, ... of the run
+        result[key] = summarize(latencies[k], (events + 1 - k) // 2, lost[k])
         result[key].pop("_ms")
     return result
 
