@@ -287,6 +287,9 @@ def test_bench_step_smoke(capsys):
     assert rc == 0
     assert "top-p 0.95: the server's defaults, as served" in out
     assert re.search(r"weight-streaming floor \(numpy\): [\d.]+ MB of weights per step / [\d.]+ GB/s", out)
+    assert re.search(r"compute floor \(numpy\): 0\.03 MFLOP per slot per step .* / [\d.]+ GFLOP/s measured", out)
+    assert re.search(r"  4 slots: floor [\d.]+ us, step [\d.]+ us = [\d.]+x the floor", out)
+    assert "compute floor (torch)" not in out  # its products are torch's, not these arrays'
     assert "4 slots cost" in out
     assert re.search(r"median", out) and re.search(r"p99", out)
     assert "gru 2 x 32" in out and "numpy BLAS" in out and "torch:" in out
@@ -301,6 +304,25 @@ def test_bench_step_smoke(capsys):
     assert rc == 0 and "lstm 2 x 32 (layer-normalised)" in capsys.readouterr().out
     assert main(["bench", "step", "--cell", "gru", "--layer-norm", "--no-floor"]) == 2
     assert "lstm cell only" in capsys.readouterr().err
+
+
+def test_compute_floor_counts_the_products_of_a_step():
+    from ensemble.bench import compute_floor_lines, matmul_rate, step_flops
+
+    eng = NumpyEngine(tiny_model("lstm", 2, vocab=50, hidden=32, embedding=8))
+    # with the input table: h_0 @ (32 x 128), [h_0, h_1] @ (64 x 128), [h_1, 1] @ (33 x 50)
+    assert step_flops(eng) == 2 * (32 * 128 + 64 * 128 + 33 * 50)
+    assert step_flops(NumpyEngine(tiny_model("lstm", 2, vocab=50, hidden=32, embedding=8), input_table=False)) \
+        == 2 * (41 * 128 + 64 * 128 + 33 * 50)  # [1, x, h_0]: the embedding and bias rows too
+    assert step_flops(TorchEngine(tiny_model())) == 0
+    rate = matmul_rate(n=64, repeats=2)
+    assert 1e6 < rate < 1e13  # FLOP/s of some real core
+    rows = [["numpy", 1, 0.0, 0.0, 0.0, 0.0, 10.0, 0.0], ["numpy", 16, 0.0, 0.0, 0.0, 0.0, 20.0, 0.0]]
+    lines = compute_floor_lines("numpy", 1_000_000, 1e9, rows)  # 1 ms a slot at 1 GFLOP/s
+    assert lines[1] == "  16 slots: floor 16000.0 us, step 20.0 us = 0.00x the floor (800.0 GFLOP/s)"
+    assert lines[2].startswith("  16 slots in 3x one slot's step (30.0 us) would need 533.3 GFLOP/s, 533.33x")
+    assert lines[2].endswith("beyond this core's float32 arithmetic")
+    assert compute_floor_lines("int8", 0, 1e9, rows) == []
 
 
 def test_bench_step_loads_a_model_folder(tmp_path, capsys):

@@ -11,7 +11,11 @@ module with `add_arguments` and `run` and append a `Benchmark` to the table.
 `bench step` samples with the server's own defaults (`ServerConfig`: top-p 0.95, ...)
 unless told otherwise, so it measures what `ensemble serve` does per event, and prints
 the weight-streaming floor beside the step: the bytes of weights one step reads,
-divided by the memory bandwidth this benchmark measures on the spot.
+divided by the memory bandwidth this benchmark measures on the spot. For batches it
+prints the compute floor too: the multiply-adds one call does, at the float32 matrix
+product rate it measures on the spot (a 512 x 512 by 512 x 512 product on the same BLAS
+threads). One slot is bound by reading its weights; 16 slots by arithmetic, so the
+second floor says how close "16 slots for N times one" can get.
 
 Latencies are `time.perf_counter_ns` around each call, reported as median and p99 in
 microseconds; numbers on these shared machines are noisy (+-30 %), so compare runs made
@@ -99,6 +103,33 @@ def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
     return nbytes / best
 
 
+def matmul_rate(n: int = 512, repeats: int = 5) -> float:
+    """float32 FLOP/s of one n x n by n x n matrix product (2 n^3 operations), the best of
+    `repeats`, on the BLAS threads as set: what this core's arithmetic can do in a product
+    big enough to run at BLAS's full speed, the bound a batch of slots cannot beat."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=out)  # the first call pays for BLAS's buffers
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def step_flops(engine) -> int:
+    """Floating-point operations one slot's step takes in its matrix products (2 per
+    weight: a multiply and an add), for engines that multiply float32 weights in numpy;
+    0 for others. The gates' nonlinearities and the input table's row add are left out:
+    a few per hidden unit against hundreds per weight column."""
+    weights = getattr(engine, "weights", None)
+    if weights is None or getattr(engine, "kind", "") != "numpy":
+        return 0
+    return 2 * int(sum(w.size for w in weights) + engine.head.size)
+
+
 def weight_bytes(engine) -> int:
     """Bytes of weights one step of one slot reads: every gate matrix, the output layer
     and one row of per-token input (an input table or embedding row; 0 for engines that
@@ -171,7 +202,8 @@ def _step_arguments(p: argparse.ArgumentParser) -> None:
                    help="forbid this fraction of the tokens (seeded, the same every call), as a mask the "
                         "sampler gets: duet mode forbids the notes codec's note-offs, a fifth of its tokens "
                         "(default 0: no mask)")
-    p.add_argument("--no-floor", action="store_true", help="skip measuring memory bandwidth (about a second)")
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip measuring memory bandwidth and the matrix product rate (about a second)")
     p.add_argument("--seed", type=int, default=0, help="seeds the random model, the first tokens and the sampler")
     g = p.add_argument_group("random model (without --model)")
     g.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="lstm", help="recurrent cell (default lstm)")
@@ -257,12 +289,14 @@ def bench_step(args: argparse.Namespace) -> int:
     as_served = (settings.temperature, settings.top_k, settings.top_p) == (served.temperature, served.top_k,
                                                                              served.top_p)
 
-    rows, floors = [], {}
+    rows, floors, flops = [], {}, {}
     with threads_limited(args.threads or None) as limits:
         bandwidth = None if args.no_floor else memory_bandwidth()
+        rate = None if args.no_floor else matmul_rate()
         for kind in kinds:
             engine = make_engine(model, kind, slots=max(args.batch))
             floors[kind] = weight_bytes(engine)
+            flops[kind] = step_flops(engine)
             for batch in args.batch:
                 sampler = Sampler(cfg.vocab_size, batch) if args.sampler == "fast" else sample
                 rng = np.random.default_rng(args.seed)
@@ -309,7 +343,36 @@ def bench_step(args: argparse.Namespace) -> int:
             print(f"weight-streaming floor ({kind}): {nbytes / 1e6:.2f} MB of weights per step / "
                   f"{bandwidth / 1e9:.1f} GB/s measured memory read bandwidth = {floor_us:.1f} us{ratio}"
                   + (" (weights this small stay in cache, so a step can beat it)" if nbytes < (8 << 20) else ""))
+    if rate:
+        for kind in kinds:
+            for line in compute_floor_lines(kind, flops[kind], rate, rows):
+                print(line)
     return 0
+
+
+def compute_floor_lines(kind: str, flops: int, rate: float, rows: list[list]) -> list[str]:
+    """The compute floor of each batch (its products' operations at the measured matrix
+    product rate) beside its step, and what a 16-slot step of 3x one slot's would need
+    (issue 15's goal) against that rate. `rows` are bench step's table rows."""
+    if not flops:
+        return []
+    mine = {r[1]: r for r in rows if r[0] == kind}
+    lines = [f"compute floor ({kind}): {flops / 1e6:.2f} MFLOP per slot per step in its matrix products / "
+             f"{rate / 1e9:.1f} GFLOP/s measured float32 matrix product rate (512^3) = "
+             f"{flops / rate * 1e6:.1f} us per slot"]
+    for batch, r in sorted(mine.items()):
+        if batch == 1:
+            continue
+        floor_us = batch * flops / rate * 1e6
+        lines.append(f"  {batch} slots: floor {floor_us:.1f} us, step {r[6]:.1f} us = {r[6] / floor_us:.2f}x the "
+                     f"floor ({batch * flops / (r[6] * 1e-6) / 1e9:.1f} GFLOP/s)")
+    if 1 in mine and 16 in mine:
+        goal_us = 3 * mine[1][6]
+        need = 16 * flops / (goal_us * 1e-6)
+        lines.append(f"  16 slots in 3x one slot's step ({goal_us:.1f} us) would need {need / 1e9:.1f} GFLOP/s, "
+                     f"{need / rate:.2f}x the measured rate" + (": beyond this core's float32 arithmetic"
+                                                                if need > rate else ""))
+    return lines
 
 
 # ---------------------------------------------------------------------- registration
