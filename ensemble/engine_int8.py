@@ -319,6 +319,14 @@ class Int8Engine(Engine):
         # columns, whose 16 rows cost ~1.5x one (MatMulNBits' cost 4-6x)
         self.session, self.batch_session = make(False), make(True)
         self.weight_bytes = self._step_bytes(cfg, table)
+        self.int8_weights = self._int8_weights(cfg)
+
+    @staticmethod
+    def _int8_weights(cfg) -> int:
+        """int8 weights one slot's step multiplies: every gate matrix that meets a hidden
+        state, and the output layer (not the first layer's input part: a table row)."""
+        G = {"rnn": 1, "gru": 3, "lstm": 4}[cfg.cell] * cfg.hidden
+        return cfg.hidden * G + (cfg.layers - 1) * 2 * cfg.hidden * G + cfg.hidden * cfg.vocab_size
 
     @staticmethod
     def _step_bytes(cfg, table: bool) -> int:
@@ -326,9 +334,8 @@ class Int8Engine(Engine):
         the first layer's input (a float32 table row, or a float32 embedding row and int8
         blocks of its weights)."""
         G = {"rnn": 1, "gru": 3, "lstm": 4}[cfg.cell] * cfg.hidden
-        matrices = (cfg.hidden * G + (cfg.layers - 1) * 2 * cfg.hidden * G + cfg.hidden * cfg.vocab_size)
         first = 4 * G if table else 4 * cfg.embedding + cfg.embedding * G
-        return matrices + first
+        return Int8Engine._int8_weights(cfg) + first
 
     def step(self, slots, tokens) -> np.ndarray:
         slots, tokens, sl, _ = self._arrays(slots, tokens)
@@ -347,3 +354,36 @@ class Int8Engine(Engine):
         if bank.c is not None:
             bank.c[slots] = out[2].reshape(len(sl), L, H)
         return out[0]
+
+
+def product_rate(n: int = 512, repeats: int = 5) -> float:
+    """Operations per second (2 per multiply-add) of the batch graph's product on this
+    core: an n x n float32 input quantised with the fixed `H_SCALE`, times n x n int8
+    columns (MatMulIntegerToFloat), one thread, the best of `repeats`. `bench step`'s
+    compute floor for the int8 engine, as `bench.matmul_rate` is numpy's."""
+    _require()
+    import time
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = _Graph(batched=True)
+    rng = np.random.default_rng(0)
+    g.rename(g.linear("x", rng.uniform(-1, 1, (n, n)), None, "w"), "y")
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(g.nodes, "product", [helper.make_tensor_value_info("x", f32, [n, n])],
+                              [helper.make_tensor_value_info("y", f32, [n, n])], g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {"x": rng.uniform(-1, 1, (n, n)).astype(np.float32)}
+    session.run(None, feeds)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best

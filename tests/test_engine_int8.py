@@ -118,6 +118,7 @@ def test_int8_without_the_input_table(monkeypatch):
     assert [eng.alloc_slot() for _ in range(4)] == list(range(4))
     # h_0 @ W_hh0, [x, h_1] @ W_1 and the head in int8; the float32 embedding row and int8 W_ih0
     assert eng.weight_bytes == 40 * 160 + 80 * 160 + 40 * 41 + 12 * 4 + 12 * 160
+    assert eng.int8_weights == 40 * 160 + 80 * 160 + 40 * 41  # what meets a hidden state (W_ih0 is not counted)
     for (group, tokens), want in zip(schedule, expected):
         got = eng.step(group, tokens)
         assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
@@ -176,3 +177,22 @@ def test_eval_loss_compares_engines_on_a_corpus(notes_model, tmp_path):
     assert set(figures) == {"numpy", "int8", "torch"}
     assert abs(figures["numpy"] - figures["torch"]) < 1e-4 and abs(figures["int8"] - figures["numpy"]) < 0.01
     assert "int8 - numpy" in r.stdout
+
+
+def test_bench_step_prints_the_int8_compute_floor(capsys):
+    """The int8 engine's compute floor: its int8 matrices' operations at the int8
+    product rate onnxruntime reaches on this core (MatMulIntegerToFloat, one thread)."""
+    from ensemble.bench import step_flops
+    from ensemble.cli import main
+    from ensemble.engine_int8 import product_rate
+
+    model = tiny_model("lstm", 2, hidden=40, embedding=12)
+    assert step_flops(make_engine(model, "int8")) == 2 * (40 * 160 + 80 * 160 + 40 * 41)
+    assert 1e7 < product_rate(n=64, repeats=2) < 1e14
+    rc = main(["bench", "step", "--engine", "int8", "--iterations", "30", "--warmup", "3", "--batch", "1", "16",
+               "--vocab", "60", "--hidden", "32", "--embedding", "8"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "compute floor (int8): 0.03 MOP per slot per step" in out
+    assert "measured int8 matrix product rate (512^3, MatMulIntegerToFloat)" in out
+    assert "16 slots in 3x one slot's step" in out

@@ -120,14 +120,28 @@ def matmul_rate(n: int = 512, repeats: int = 5) -> float:
 
 
 def step_flops(engine) -> int:
-    """Floating-point operations one slot's step takes in its matrix products (2 per
-    weight: a multiply and an add), for engines that multiply float32 weights in numpy;
-    0 for others. The gates' nonlinearities and the input table's row add are left out:
-    a few per hidden unit against hundreds per weight column."""
-    weights = getattr(engine, "weights", None)
-    if weights is None or getattr(engine, "kind", "") != "numpy":
+    """Operations one slot's step takes in its matrix products (2 per weight: a multiply
+    and an add): the numpy engine's float32 arrays, the int8 engine's int8 matrices; 0
+    for others (torch's products are its own). The gates' nonlinearities and the input
+    table's row add are left out: a few per hidden unit against hundreds per weight column."""
+    kind = getattr(engine, "kind", "")
+    if kind == "int8":
+        return 2 * int(engine.int8_weights)
+    if kind != "numpy":
         return 0
-    return 2 * int(sum(w.size for w in weights) + engine.head.size)
+    return 2 * int(sum(w.size for w in engine.weights) + engine.head.size)
+
+
+def product_rate(kind: str) -> float | None:
+    """The arithmetic rate (operations/s) a batch of `kind`'s slots cannot beat on this
+    core: numpy's float32 matrix product, or the int8 engine's fixed-scale int8 product."""
+    if kind == "numpy":
+        return matmul_rate()
+    if kind == "int8":
+        from ensemble.engine_int8 import product_rate as int8_rate
+
+        return int8_rate()
+    return None
 
 
 def weight_bytes(engine) -> int:
@@ -292,11 +306,13 @@ def bench_step(args: argparse.Namespace) -> int:
     rows, floors, flops = [], {}, {}
     with threads_limited(args.threads or None) as limits:
         bandwidth = None if args.no_floor else memory_bandwidth()
-        rate = None if args.no_floor else matmul_rate()
+        rates = {}
         for kind in kinds:
             engine = make_engine(model, kind, slots=max(args.batch))
             floors[kind] = weight_bytes(engine)
             flops[kind] = step_flops(engine)
+            if not args.no_floor and flops[kind]:
+                rates[kind] = product_rate(kind)
             for batch in args.batch:
                 sampler = Sampler(cfg.vocab_size, batch) if args.sampler == "fast" else sample
                 rng = np.random.default_rng(args.seed)
@@ -343,10 +359,9 @@ def bench_step(args: argparse.Namespace) -> int:
             print(f"weight-streaming floor ({kind}): {nbytes / 1e6:.2f} MB of weights per step / "
                   f"{bandwidth / 1e9:.1f} GB/s measured memory read bandwidth = {floor_us:.1f} us{ratio}"
                   + (" (weights this small stay in cache, so a step can beat it)" if nbytes < (8 << 20) else ""))
-    if rate:
-        for kind in kinds:
-            for line in compute_floor_lines(kind, flops[kind], rate, rows):
-                print(line)
+    for kind, rate in rates.items():
+        for line in compute_floor_lines(kind, flops[kind], rate, rows):
+            print(line)
     return 0
 
 
@@ -357,20 +372,23 @@ def compute_floor_lines(kind: str, flops: int, rate: float, rows: list[list]) ->
     if not flops:
         return []
     mine = {r[1]: r for r in rows if r[0] == kind}
-    lines = [f"compute floor ({kind}): {flops / 1e6:.2f} MFLOP per slot per step in its matrix products / "
-             f"{rate / 1e9:.1f} GFLOP/s measured float32 matrix product rate (512^3) = "
+    what = {"int8": "int8"}.get(kind, "float32")
+    product = {"int8": "512^3, MatMulIntegerToFloat"}.get(kind, "512^3")
+    unit = "OP" if kind == "int8" else "FLOP"  # integer operations are not floating-point ones
+    lines = [f"compute floor ({kind}): {flops / 1e6:.2f} M{unit} per slot per step in its matrix products / "
+             f"{rate / 1e9:.1f} G{unit}/s measured {what} matrix product rate ({product}) = "
              f"{flops / rate * 1e6:.1f} us per slot"]
     for batch, r in sorted(mine.items()):
         if batch == 1:
             continue
         floor_us = batch * flops / rate * 1e6
         lines.append(f"  {batch} slots: floor {floor_us:.1f} us, step {r[6]:.1f} us = {r[6] / floor_us:.2f}x the "
-                     f"floor ({batch * flops / (r[6] * 1e-6) / 1e9:.1f} GFLOP/s)")
+                     f"floor ({batch * flops / (r[6] * 1e-6) / 1e9:.1f} G{unit}/s)")
     if 1 in mine and 16 in mine:
         goal_us = 3 * mine[1][6]
         need = 16 * flops / (goal_us * 1e-6)
-        lines.append(f"  16 slots in 3x one slot's step ({goal_us:.1f} us) would need {need / 1e9:.1f} GFLOP/s, "
-                     f"{need / rate:.2f}x the measured rate" + (": beyond this core's float32 arithmetic"
+        lines.append(f"  16 slots in 3x one slot's step ({goal_us:.1f} us) would need {need / 1e9:.1f} G{unit}/s, "
+                     f"{need / rate:.2f}x the measured rate" + (f": beyond this core's {what} arithmetic"
                                                                 if need > rate else ""))
     return lines
 
