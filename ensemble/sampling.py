@@ -302,7 +302,7 @@ class Sampler:
         np.dot(self._e[:B].reshape(-1, self.block), self._ones, out=bsum.reshape(-1))
         np.cumsum(bsum, axis=1, out=bcum)
         total = bcum[:, -1]
-        if not np.all(total > 1e-250):  # nothing left, or a mask hid a far likelier token
+        if not (total > 1e-250).all():  # nothing left, or a mask hid a far likelier token
             z = self._z[:B]
             self._masked_logits(z, logits, settings.temperature, mask)
             np.subtract(z, z.max(axis=1, keepdims=True), out=e)
@@ -313,12 +313,12 @@ class Sampler:
         rows = np.arange(B)
         # every row's inverse-CDF walk at once: the block, then the token in it
         t = u * total
-        j = np.count_nonzero(bcum <= t[:, None], axis=1)
+        j = (bcum <= t[:, None]).sum(axis=1)  # (count_nonzero with an axis is a slower wrapper of this)
         jj = np.minimum(j, self.blocks - 1)
         t -= np.where(j > 0, bcum[rows, jj - 1], 0.0)
         bl = self.block
         block = self._e[:B].reshape(B, self.blocks, bl)[rows, jj]
-        i = np.count_nonzero(np.cumsum(block, axis=1) <= t[:, None], axis=1)
+        i = (np.cumsum(block, axis=1) <= t[:, None]).sum(axis=1)
         choice = jj * bl + np.minimum(i, bl - 1)
         edge = (j >= self.blocks) | (i >= bl)  # rounding at the very end of a row or block
         top_p = settings.top_p
