@@ -12,7 +12,8 @@ in the 32 MB L3 cache, and the products run on the CPU's int8 dot-product instru
   come (``accuracy_level`` 4). The fastest one-row product, but 16 rows cost 4-6x one.
 - ``MatMulIntegerToFloat``: int8 weights with one scale per output column, uint8
   activations, int32 sums scaled back in the operator. 16 rows cost ~1.1-1.5x one
-  (one row 10-30 % slower than MatMulNBits').
+  on an Intel Xeon core, 2-4x on an AMD EPYC one (one row 10-30 % slower than
+  MatMulNBits' on the Xeon, up to 2x on the EPYC; 16 rows half of MatMulNBits' on both).
 
 So the engine builds two graphs of one step (the token's input, h, c in; logits, h', c'
 out) and runs the one-slot graph (MatMulNBits) for one or two slots and the batch graph
