@@ -12,9 +12,9 @@ module with `add_arguments` and `run` and append a `Benchmark` to the table.
 unless told otherwise, so it measures what `ensemble serve` does per event, and prints
 the weight-streaming floor beside the step: the bytes of weights one step reads,
 divided by the memory bandwidth this benchmark measures on the spot. For batches it
-prints the compute floor too: the multiply-adds one call does, at the float32 matrix
-product rate it measures on the spot (a 512 x 512 by 512 x 512 product on the same BLAS
-threads). One slot is bound by reading its weights; 16 slots by arithmetic, so the
+prints the compute floor too: the multiply-adds one call does, at the product rate it
+measures on the spot (numpy: a 512 x 512 by 512 x 512 float32 product on the same BLAS
+threads; the int8 engine: its own int8 product, `engine_int8.product_rate`). One slot is bound by reading its weights; 16 slots by arithmetic, so the
 second floor says how close "16 slots for N times one" can get.
 
 Latencies are `time.perf_counter_ns` around each call, reported as median and p99 in
