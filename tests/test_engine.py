@@ -290,7 +290,8 @@ def test_bench_step_smoke(capsys):
     assert re.search(r"compute floor \(numpy\): 0\.03 MFLOP per slot per step .* / [\d.]+ GFLOP/s measured", out)
     assert re.search(r"  4 slots: floor [\d.]+ us, step [\d.]+ us = [\d.]+x the floor", out)
     assert "compute floor (torch)" not in out  # its products are torch's, not these arrays'
-    assert "4 slots cost" in out
+    assert re.search(r"4 slots cost [\d.]+x one slot per call \(step alone [\d.]+x, sampling [\d.]+ us a row "
+                     r"against [\d.]+ us for one\)", out)
     assert re.search(r"median", out) and re.search(r"p99", out)
     assert "gru 2 x 32" in out and "numpy BLAS" in out and "torch:" in out
     for engine in ("numpy", "torch"):

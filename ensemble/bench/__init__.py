@@ -346,7 +346,9 @@ def bench_step(args: argparse.Namespace) -> int:
         mine = {r[1]: r for r in rows if r[0] == kind}
         if 1 in mine and len(mine) > 1:
             print(f"{kind}: " + ", ".join(f"{b} slots cost {mine[b][2] / mine[1][2]:.1f}x one slot per call "
-                                          f"(step alone {mine[b][6] / mine[1][6]:.1f}x)" for b in mine if b != 1))
+                                          f"(step alone {mine[b][6] / mine[1][6]:.1f}x, sampling "
+                                          f"{mine[b][7] / b:.1f} us a row against {mine[1][7]:.1f} us for one)"
+                                          for b in mine if b != 1))
     if bandwidth:
         for kind in kinds:
             nbytes = floors[kind]
