@@ -30,6 +30,19 @@ class ControlError(ValueError):
     """A request that cannot be carried out; the text goes back as the error."""
 
 
+MAX_ID = 64  # characters in a performer id
+
+
+def check_id(performer_id: str) -> str:
+    """Performer ids are short printable names; "*" means everyone and "{" starts a status
+    reply. Here, beside the events, because a transport checks an id too before it keys
+    anything on it (a rate limiter's table, say)."""
+    if not isinstance(performer_id, str) or not 1 <= len(performer_id) <= MAX_ID \
+            or not performer_id.isprintable() or performer_id[0] in "*{":
+        raise ControlError(f"performer id must be 1-{MAX_ID} printable characters, not starting with * or {{")
+    return performer_id
+
+
 class Output(Protocol):
     """Where a performer's predictions go: an OSC reply address, a MIDI port and channel, ..."""
 

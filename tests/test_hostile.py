@@ -212,7 +212,7 @@ def _wide(notes_model, tmp_path, **kw):
     """A server bound beyond loopback, with datagrams handed in directly and what it would
     send captured (no packet ever leaves for the documentation networks)."""
     loop = asyncio.new_event_loop()
-    cfg = config(notes_model, tmp_path, host="0.0.0.0", allow=["192.0.2.0/24"], **kw)
+    cfg = config(notes_model, tmp_path, **{"host": "0.0.0.0", "allow": ["192.0.2.0/24"], **kw})
     conductor = Conductor(checkpoint.load(notes_model), cfg, loop)
     osc = OscServer(conductor, cfg)
     osc.sock = object()  # "started": sends go to `sent`
@@ -513,6 +513,184 @@ def test_one_read_is_bounded_and_a_bug_costs_one_datagram(monkeypatch, caplog):
             limits.drain(rx, handle, log)
             assert handled == [0, 1, 2, 4] + list(range(5, 12))
             limits.drain(rx, handle, log)  # nothing left: returns at once
+    finally:
+        rx.close()
+        tx.close()
+
+
+# ---------------------------------------------------------------- reply addresses, ids and floods (review, 2026-12-07)
+
+
+def test_a_reply_hosts_scope_is_checked_and_written_one_way():
+    from ipaddress import ip_address
+
+    from ensemble.io.osc import local_ip, reply_host
+    from ensemble.messages import ControlError
+
+    assert reply_host("127.0.0.1") == "127.0.0.1"
+    assert reply_host("fe80::1%eth0") == "fe80::1%eth0" and reply_host("FE80::0:1%2") == "fe80::1%2"
+    assert reply_host("::FFFF:127.0.0.1") == "::ffff:7f00:1"
+    for host in ("127.0.0.1%" + "é" * 70, "127.0.0.1%eth0", "fe80::1%" + "a" * 60000, "fe80::1%eth 0", "2001:db8::1%1"):
+        with pytest.raises(ControlError, match="scope"):
+            reply_host(host)
+    assert local_ip(ip_address("127.0.0.1")) and not local_ip(ip_address("192.0.2.77"))
+
+
+def test_a_scoped_hello_is_refused_and_everyone_else_still_answered(notes_model, tmp_path):
+    """A scope no socket can send to was once accepted: every send to it raised inside the
+    batch and cut short the answers of whoever was stepped with it (a note left sounding)."""
+    with ServerThread(config(notes_model, tmp_path)) as server:
+        good, bad = OscPeer(server.port), OscPeer(server.port)
+        bad.send("/ensemble/hello", "mallory", "127.0.0.1%" + "é" * 70, bad.port)
+        address, args = bad.recv()
+        assert address == "/ensemble/error" and "scope" in args[1]
+        bad.send("/ensemble/hello", "mallory", "127.0.0.1%" + "a" * 60000, bad.port)
+        assert "scope" in bad.recv()[1][1]
+        good.send("/ensemble/hello", "alice", "127.0.0.1", good.port)
+        assert answered(good, "alice")
+        _, status = good.until_status()
+        assert [p["id"] for p in status["performers"]] == ["alice"]
+
+
+def test_one_failing_output_costs_its_own_answer_only(notes_model, tmp_path):
+    class Broken:
+        name = "broken"
+
+        def send(self, performer, kind, values, seq):
+            raise TypeError("encoding of hostname failed")  # what sendto raised for a bad scope
+
+    class Collect:
+        name = "collect"
+
+        def __init__(self):
+            self.sent = []
+
+        def send(self, performer, kind, values, seq):
+            self.sent.append(values)
+
+    loop = asyncio.new_event_loop()
+    try:
+        conductor = Conductor(checkpoint.load(notes_model), config(notes_model, tmp_path), loop)
+        good = Collect()
+        conductor.hello("mallory", Broken())
+        alice = conductor.hello("alice", good)
+        conductor.play("mallory", "note", (60, 90))
+        conductor.play("alice", "note", (62, 90))
+        conductor.play("alice", "note", (62, 0))  # her on and off in the same read, after mallory's
+        conductor.flush()
+        assert [v[1] > 0 for v in good.sent] == [True, False]  # her answer, and its end: nothing left sounding
+        assert conductor.held.sounding("alice") == [] and conductor.pending == [] and alice.queued == 0
+    finally:
+        loop.close()
+
+
+def test_a_named_reply_host_port_is_range_checked_before_the_lookup(notes_model, tmp_path):
+    loop, conductor, osc = _wide(notes_model, tmp_path)
+    try:
+        for port in (0, 65536, 10 ** 300):  # 1e300 once reached the lookup and raised there, off the loop
+            osc.datagram(_hello_to("kim", "example.invalid", port), ("192.0.2.7", 5000))
+            (to, data), = osc.sent
+            assert b"out of range 1..65535" in data and osc.looking_up == 0 and "kim" not in conductor.performers
+            osc.sent.clear()
+    finally:
+        loop.close()
+
+
+def _hello_to(name: str, host: str, port) -> bytes:
+    """A hello whose port may be any number (a double when beyond int32, as a client might send it)."""
+    builder = OscMessageBuilder("/ensemble/hello")
+    builder.add_arg(name, "s")
+    builder.add_arg(host, "s")
+    small = -2 ** 31 <= port < 2 ** 31
+    builder.add_arg(port if small else float(port), "i" if small else "d")
+    return builder.build().dgram
+
+
+def test_the_performer_rate_limit_keys_only_real_ids(notes_model, tmp_path):
+    loop, conductor, osc = _wide(notes_model, tmp_path, performer_rate=30.0)
+    try:
+        for port in range(6000, 6050):  # long made-up ids were once kept as limiter keys (235 MB)
+            osc.datagram(build("/ensemble/note", ["x" * 2000 + str(port), 60, 90]), ("192.0.2.7", port))
+        assert len(osc.performer_limit) == 0
+        assert all(b"performer id must be" in data for _, data in osc.sent)
+    finally:
+        loop.close()
+
+
+def test_answers_never_go_to_any_of_this_machines_own_addresses(notes_model, tmp_path):
+    loop, conductor, osc = _wide(notes_model, tmp_path, allow=["0.0.0.0/0", "::/0"])
+    try:
+        osc.port = 5005  # where this server listens
+        own = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(("192.0.2.1", 9))  # no packet: the kernel picks the address it would use
+                lan = probe.getsockname()[0]
+                if not lan.startswith("127.") and lan != "0.0.0.0":
+                    own.append(lan)  # this machine's LAN address, which a wide server also listens on
+            except OSError:
+                pass
+        own += ["::ffff:127.0.0.1", "127.0.1.1"]
+        for host in own:
+            osc.datagram(build("/ensemble/hello", ["loop", host, 5005]), ("192.0.2.7", 5000))
+            (to, data), = osc.sent
+            assert b"this server's own address" in data, host
+            osc.sent.clear()
+        assert "loop" not in conductor.performers
+        osc.datagram(build("/ensemble/hello", ["far", "192.0.2.8", 5005]), ("192.0.2.7", 5000))  # another machine
+        assert "far" in conductor.performers
+    finally:
+        loop.close()
+
+
+def test_a_flood_in_one_read_is_read_in_turns_and_stepped_in_order(notes_model, tmp_path, monkeypatch):
+    """A performer's flood is stepped one event per engine call, in order, and a socket is
+    read only until the conductor holds MAX_PENDING events: the rest wait for the next turn
+    of the loop (its timers and other sockets go first)."""
+    import logging
+
+    from ensemble.io import limits
+    from ensemble.server import conductor as conductor_module
+
+    loop = asyncio.new_event_loop()
+    try:
+        c = Conductor(checkpoint.load(notes_model), config(notes_model, tmp_path, default_mode="listen"), loop)
+        class Quiet:
+            name = "quiet"
+
+            def send(self, *args):
+                pass
+
+        a, b = c.hello("a", Quiet()), c.hello("b", Quiet())
+        order = []
+        monkeypatch.setattr(c, "_after_step", lambda p, e: order.append((p.id, e.values)))
+        for k in range(5):
+            c.play("a", "note", (60 + k, 90))
+            if k < 2:
+                c.play("b", "note", (70 + k, 90))
+        assert a.queued == 5 and b.queued == 2
+        c.flush()
+        assert c.steps == 5 and c.batched_events == 7 and a.queued == b.queued == 0
+        assert order == [("a", (60, 90)), ("b", (70, 90)), ("a", (61, 90)), ("b", (71, 90)),
+                         ("a", (62, 90)), ("a", (63, 90)), ("a", (64, 90))]
+        monkeypatch.setattr(conductor_module, "MAX_PENDING", 3)
+        for k in range(3):
+            c.play("a", "note", (60, 90))
+        assert c.backlogged()
+    finally:
+        loop.close()
+    rx, tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        for i in range(10):
+            tx.sendto(bytes([i]), rx.getsockname())
+        handled = []
+        log = logging.getLogger("ensemble.test-drain")
+        limits.drain(rx, lambda data, addr: handled.append(data[0]), log, full=lambda: len(handled) >= 4)
+        assert handled == [0, 1, 2, 3]  # full: the rest stay in the socket
+        limits.drain(rx, lambda data, addr: handled.append(data[0]), log)
+        assert handled == list(range(10))
     finally:
         rx.close()
         tx.close()

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from typing import Callable
 
 
 class RateLimiter:
@@ -103,13 +104,16 @@ class Admission:
 MAX_DATAGRAMS_PER_READ = 256  # one readable event reads at most this many: a flood yields to the loop
 
 
-def drain(sock, handle, log: logging.Logger) -> None:
+def drain(sock, handle, log: logging.Logger, full: Callable[[], bool] | None = None) -> None:
     """Read what a non-blocking UDP socket holds and `handle(data, addr)` each datagram,
-    at most MAX_DATAGRAMS_PER_READ of them (the rest wait for the next readable event,
-    so a flood cannot keep the loop from its timers and its other sockets). A socket
-    error (an ICMP port unreachable reported on it) skips to the next datagram; a bug in
-    `handle` costs its own datagram, never the others."""
+    at most MAX_DATAGRAMS_PER_READ of them, and none more once `full()` says what was
+    read is enough work for one turn of the loop (the rest wait for the next readable
+    event, so a flood cannot keep the loop from its timers and its other sockets). A
+    socket error (an ICMP port unreachable reported on it) skips to the next datagram;
+    a bug in `handle` costs its own datagram, never the others."""
     for _ in range(MAX_DATAGRAMS_PER_READ):
+        if full is not None and full():
+            return
         try:
             data, addr = sock.recvfrom(65536)
         except (BlockingIOError, InterruptedError):

@@ -28,12 +28,13 @@ import asyncio
 import ipaddress
 import json
 import logging
+import re
 import socket
 
 from ensemble.io.datagram import BadDatagram, encode, parse
 from ensemble.io.limits import Admission, QuietLog, RateLimiter, drain
 from ensemble.messages import (ControlError, EventError, Goodbye, Hello, Origin, Panic, Play, Reset, SetMode,
-                               SetParam, StatusRequest)
+                               SetParam, StatusRequest, check_id)
 
 log = logging.getLogger("ensemble.osc")
 
@@ -73,6 +74,43 @@ def is_reply(address: str, args: list) -> bool:
 def ip_of(host: str):
     """The address of a numeric host (an IPv6 scope such as %eth0 dropped), or ValueError."""
     return ipaddress.ip_address(host.split("%", 1)[0])
+
+
+def check_port(port: int) -> None:
+    """A reply port, or ControlError (a number too long to repeat is shown rounded)."""
+    if not 1 <= port <= 65535:
+        shown = port if abs(port) < 10 ** 9 else f"{float(port):.3g}"
+        raise ControlError(f"reply port {shown} is out of range 1..65535")
+
+
+SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,16}")  # an interface name or number, as `ip link` shows them
+
+
+def reply_host(host: str) -> str:
+    """A numeric host written the one way `sendto` takes it: the address as Python writes
+    it, and an IPv6 scope (fe80::1%eth0) only on a link-local address and only as an
+    interface name or number. ControlError otherwise: a scope is text the sender chose,
+    and a long or non-ASCII one made every send to it fail (and filled status replies)."""
+    ip = ip_of(host)
+    scope = host.partition("%")[2]
+    if not scope:
+        return str(ip)
+    if ip.version != 6 or not ip.is_link_local or not SCOPE.fullmatch(scope):
+        raise ControlError("a reply host's scope (%...) belongs to an IPv6 link-local address only, as an "
+                           "interface name or number of at most 16 characters")
+    return f"{ip}%{scope}"
+
+
+def local_ip(ip) -> bool:
+    """Whether an address is one of this machine's own (a socket can be bound to it). At
+    hello time only: a bind is a system call, never a packet, and never blocks."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(ip), 0))
+        return True
+    except OSError:
+        return False
 
 
 def _matches(arg, t: str) -> bool:
@@ -149,6 +187,7 @@ class OscServer:
         self.admission = Admission(cfg.allow, cfg.rate_limit, self.loopback, self.quiet)
         self.lookups: dict[tuple[str, int], tuple] = {}      # (host, port) -> numeric address
         self._hosts: dict[str, tuple] = {}  # numeric host -> (ip address, admin?): parsed once, not per packet
+        self._locals: dict = {}  # ip address -> one of this machine's own? (only for our own port number)
         self.looking_up = 0
         self.received = self.rejected = self.malformed = self.ignored = self.errors = 0
         conductor.attach(self)
@@ -199,7 +238,19 @@ class OscServer:
         if address[1] != self.port:
             return False
         ip = ip if ip is not None else self._host(address[0])[0]
-        return ip.is_loopback or ip.is_unspecified or (address[0], self.port) in self.own
+        if getattr(ip, "ipv4_mapped", None) is not None:  # ::ffff:127.0.0.1 is 127.0.0.1
+            ip = ip.ipv4_mapped
+        return ip.is_loopback or ip.is_unspecified or (str(ip), self.port) in self.own or self._local(ip)
+
+    def _local(self, ip) -> bool:
+        """One of this machine's addresses (its LAN address when bound to 0.0.0.0, say), from
+        a bounded cache: asked only of addresses that name this server's port."""
+        known = self._locals.get(ip)
+        if known is None:
+            if len(self._locals) >= HOSTS_CACHED:
+                self._locals.clear()
+            known = self._locals[ip] = local_ip(ip)
+        return known
 
     def close(self) -> None:
         if self.sock is not None:
@@ -211,7 +262,7 @@ class OscServer:
 
     def _readable(self) -> None:
         try:
-            drain(self.sock, self.datagram, log)
+            drain(self.sock, self.datagram, log, self.conductor.backlogged)  # each event read costs a model step
         finally:
             self.conductor.flush()  # what the good packets asked for is answered, whatever came with them
 
@@ -256,7 +307,7 @@ class OscServer:
                 self._status(args, addr, origin, size)
                 return
             if not self.loopback and performer is not None and address in EVENTS \
-                    and not self.performer_limit.allow(performer):
+                    and not self.performer_limit.allow(check_id(performer)):  # (its key: a real id)
                 self.rejected += 1
                 return
             if address == "/ensemble/hello" and len(args) == 3 and not self._numeric(args[1]):
@@ -295,8 +346,8 @@ class OscServer:
 
     def _reply_address(self, host: str, port: int) -> tuple:
         """A numeric reply address we may send to: allowed, and not this server itself."""
-        if not 1 <= port <= 65535:
-            raise ControlError(f"reply port {port} is out of range 1..65535")
+        check_port(port)
+        host = reply_host(host)
         ip = ip_of(host)
         if self._is_own((host, port)):
             raise ControlError(f"{host}:{port} is this server's own address; answers go to your own port")
@@ -316,6 +367,7 @@ class OscServer:
     def _hello_by_name(self, args: list, addr, origin: Origin, size: int) -> None:
         """A hello naming a host: looked up off the loop (with a timeout); only this performer waits."""
         key = (args[1], args[2])
+        check_port(key[1])  # before the lookup, which would fail on it off the loop
         if key in self.lookups:
             self.conductor.handle(Hello(args[0], self._output(addr, list(self.lookups[key]))), origin)
             return
@@ -412,5 +464,5 @@ class OscServer:
             return
         try:
             self.sock.sendto(data, address)
-        except (BlockingIOError, OSError) as exc:  # a full buffer or a bad address: drop, never block
-            log.debug("could not send %s to %s: %s", what, address, exc)
+        except (OSError, TypeError, ValueError, OverflowError) as exc:  # a full buffer or a bad address:
+            log.debug("could not send %s to %s: %s", what, address, exc)  # drop it, never block nor raise

@@ -36,8 +36,8 @@ from ensemble.server import snapshot
 from ensemble.errors import UserError
 from ensemble.server.config import MODES, ServerConfig
 from ensemble.settings import check_value
-from ensemble.messages import (LOCAL, ControlError, Event, EventError, Goodbye, Hello, Origin, Output, Panic,
-                               Play, Reset, SetMode, SetParam, StatusRequest, Transport)
+from ensemble.messages import (LOCAL, MAX_ID, ControlError, Event, EventError, Goodbye, Hello, Origin, Output,  # noqa: F401
+                               Panic, Play, Reset, SetMode, SetParam, StatusRequest, Transport, check_id)
 from ensemble.server.events import OutEvent, adapter_for
 from ensemble.server.performer import Performer
 from ensemble.server.recorder import Recorder
@@ -47,21 +47,13 @@ from ensemble.server.style import SETTINGS as STYLE_SETTINGS, Style
 log = logging.getLogger("ensemble.server")
 
 FIRST_DT = 4.0  # a performer's first event: "after a long pause"
-MAX_ID = 64  # characters in a performer id
 STATUS_PERFORMERS = 16  # performers listed in one status reply (it must fit one datagram)
+MAX_PENDING = 256  # events read before the conductor steps them: a transport stops reading there (see `backlogged`)
 SEQ_MARGIN = 100_000  # after a restore from a periodic snapshot, numbering goes on above anything sent since
 
 # what /ensemble/set may change per performer: ServerConfig settings, so the ranges are
 # declared once (server/config.py) and a live value is checked as a TOML value is
 PARAMETERS = ("temperature", "top_p", "top_k", "threshold", "max_note")
-
-
-def check_id(performer_id: str) -> str:
-    """Performer ids are short printable names; "*" means everyone and "{" starts a status reply."""
-    if not isinstance(performer_id, str) or not 1 <= len(performer_id) <= MAX_ID \
-            or not performer_id.isprintable() or performer_id[0] in "*{":
-        raise ControlError(f"performer id must be 1-{MAX_ID} printable characters, not starting with * or {{")
-    return performer_id
 
 
 @dataclass
@@ -184,14 +176,14 @@ class Conductor:
         del self.performers[performer_id]
         if self.band is not None:
             self.band.leave(performer_id)
-        self.pending = [e for e in self.pending if e.performer is not p]
+        self._drop_pending(p)
         log.info("goodbye %s", performer_id)
 
     def reset(self, performer_id: str) -> None:
         p = self.get(performer_id)
         self._silence(p)
         self.engine.reset_slot(p.slot)
-        self.pending = [e for e in self.pending if e.performer is not p]
+        self._drop_pending(p)
         p.has_logits, p.stream_time = False, None
         if p.style is not None:
             p.style.reset()
@@ -322,36 +314,63 @@ class Conductor:
             p.next_event.cancel()  # re-planned from the new state after the step
             p.next_event = None
         answered = False
-        if p.mode == "duet" and not self.adapter.answers(values) \
-                and not any(e.performer is p for e in self.pending):
+        if p.mode == "duet" and not self.adapter.answers(values) and not p.queued:
             # a note-off is answered by ending the answer note: nothing the step makes is
             # needed, so it goes out now and the step follows (~0.1 ms sooner). Not when this
             # performer has an event still to step: its answer must come first.
             self._duet(p, values)
             answered = True
-        self.pending.append(Pending(p, token, own=False, values=values, answered=answered))
+        self._queue(Pending(p, token, own=False, values=values, answered=answered))
+
+    def _queue(self, e: Pending) -> None:
+        self.pending.append(e)
+        e.performer.queued += 1
+
+    def _drop_pending(self, p: Performer) -> None:
+        if p.queued:
+            self.pending = [e for e in self.pending if e.performer is not p]
+            p.queued = 0
+
+    def backlogged(self) -> bool:
+        """Enough events read for one turn of the loop: a transport stops reading (the rest
+        wait in its socket) and the conductor steps these first, so one flood of
+        datagrams never keeps the loop from its timers and its other performers for long."""
+        return len(self.pending) >= MAX_PENDING
 
     def flush(self) -> None:
-        """Step every performer with news, as few batched engine calls as possible."""
+        """Step every performer with news, as few batched engine calls as possible: the
+        k-th engine call takes each performer's k-th event (in the order they came)."""
         self._flush_soon = False
         while self.pending:
-            batch, rest, seen = [], [], set()
-            for e in self.pending:  # one event per performer per engine call
-                (rest if e.performer.slot in seen else batch).append(e)
-                seen.add(e.performer.slot)
-            self.pending = rest
-            if len(batch) == 1:  # the usual case: no batch arrays to build and check
-                logits = self.engine.step_one(batch[0].performer.slot, batch[0].token)[None]
-            else:
-                logits = self.engine.step([e.performer.slot for e in batch], [e.token for e in batch])
-            self.steps += 1
-            self.revision += 1
-            self.batched_events += len(batch)
-            for row, e in enumerate(batch):
-                p = e.performer
-                np.copyto(p.logits, logits[row])
-                p.has_logits = True
+            pending, self.pending = self.pending, []
+            batches: list[list[Pending]] = []
+            nth: dict[int, int] = {}
+            for e in pending:  # one event per performer per engine call, in linear time
+                k = nth.get(e.performer.slot, 0)
+                nth[e.performer.slot] = k + 1
+                if k == len(batches):
+                    batches.append([])
+                batches[k].append(e)
+            for batch in batches:
+                self._step(batch)
+
+    def _step(self, batch: list[Pending]) -> None:
+        if len(batch) == 1:  # the usual case: no batch arrays to build and check
+            logits = self.engine.step_one(batch[0].performer.slot, batch[0].token)[None]
+        else:
+            logits = self.engine.step([e.performer.slot for e in batch], [e.token for e in batch])
+        self.steps += 1
+        self.revision += 1
+        self.batched_events += len(batch)
+        for row, e in enumerate(batch):
+            p = e.performer
+            p.queued -= 1
+            np.copyto(p.logits, logits[row])
+            p.has_logits = True
+            try:
                 self._after_step(p, e)
+            except Exception:  # a bug (or an output that fails) costs this answer, never the others'
+                log.exception("internal error answering %s", p.id)
 
     def _flush_later(self) -> None:
         if not self._flush_soon:
@@ -419,7 +438,7 @@ class Conductor:
         p.generating = True
         if not p.has_logits:  # nothing heard yet: begin from a rest
             p.stream_time = self.loop.time()
-            self.pending.append(Pending(p, self.adapter.start_token, own=True))
+            self._queue(Pending(p, self.adapter.start_token, own=True))
             self._flush_later()
             return
         self._plan_next(p)
@@ -445,7 +464,7 @@ class Conductor:
         p.stream_time = when  # planned time, so timing does not drift
         if not (p.style is not None and event.values[1] > 0 and p.style.rests(p.rng)):
             self._emit(p, event)  # (a rest: not sounded; its note-off then finds nothing to end)
-        self.pending.append(Pending(p, token, own=True))
+        self._queue(Pending(p, token, own=True))
         self._flush_later()
 
     # ------------------------------------------------------------------ events out

@@ -34,6 +34,7 @@ class Performer:
     source: str = ""
     owner: str | None = None          # the address (IP) that said hello; None for local transports (MIDI)
     panicked: bool = False            # silenced by /ensemble/panic: quiet until they play or set a mode
+    queued: int = 0                   # their events waiting in the conductor's pending list, not yet stepped
     extra: dict = field(default_factory=dict)
     style: object = None              # notes models: their ensemble.server.style.Style
 
