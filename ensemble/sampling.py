@@ -68,7 +68,9 @@ def sample(
     if mask is not None:
         z = np.where(mask, -np.inf, z)
         if np.any(np.all(mask, axis=-1)):
-            raise ValueError("every token is forbidden by the mask")
+            raise ValueError(_NOTHING_LEFT)
+    if np.any(z.max(axis=1) == -np.inf):  # (NaN logits stay the caller's business, as before)
+        raise ValueError(_ALL_INF if mask is None else _ONLY_INF_LEFT)
     if settings.greedy:
         choice = np.argmax(z, axis=1)
         return int(choice[0]) if single else choice
@@ -105,9 +107,14 @@ def _nucleus_draw(p: np.ndarray, top_p: float, u: float) -> int:
     """
     vocab = len(p)
     k = min(vocab, NUCLEUS_CANDIDATES)
-    # sorted by index first, so that ties keep index order in the stable sort below, as
-    # they do in the full sort
-    candidates = np.sort(np.argpartition(-p, k - 1)[:k]) if k < vocab else np.arange(vocab)
+    if k < vocab:
+        # every token as likely as the k-th joins the candidates: the partition picks among
+        # tied tokens at its cut arbitrarily, and the nucleus takes ties in index order.
+        # flatnonzero also sorts them by index, so ties keep that order in the stable sort
+        candidates = np.flatnonzero(p >= p[np.argpartition(-p, k - 1)[k - 1]])
+        k = len(candidates)
+    else:
+        candidates = np.arange(vocab)
     order = candidates[np.argsort(-p[candidates], kind="stable")]
     cumulative = np.cumsum(p[order])
     if k < vocab and cumulative[-1] < top_p:
@@ -226,7 +233,7 @@ class Sampler:
         if 0 < k < self.vocab_size:
             kept = self._top_k(logits, k, mask)
             if kept is not None:
-                return self._draw_among(logits, kept, settings, rng.random())
+                return self._draw_among(logits, kept, settings, rng.random(), mask is not None)
             return self._one_row_flagged(logits, settings, mask, rng.random(), rng)
         z, e, row, blocks, bsum, bcum = self._row
         # exp(logits / T - max) as exp((logits - max) / T), the max over every token,
@@ -263,7 +270,9 @@ class Sampler:
             else:
                 np.copyto(z, -np.inf, where=mask)
         if np.any(z.max(axis=-1) == -np.inf):
-            raise ValueError(_NOTHING_LEFT if mask is not None else _ALL_INF)
+            if mask is not None and np.any(mask.all(axis=-1)):
+                raise ValueError(_NOTHING_LEFT)
+            raise ValueError(_ALL_INF if mask is None else _ONLY_INF_LEFT)
 
     def _many(self, logits, settings, rng, mask) -> np.ndarray:
         B, V = logits.shape
@@ -283,7 +292,7 @@ class Sampler:
                 if kept is None:
                     choice[b] = self._one_row_flagged(logits[b], settings, m, u[b], rng)
                 else:
-                    choice[b] = self._draw_among(logits[b], kept, settings, u[b])
+                    choice[b] = self._draw_among(logits[b], kept, settings, u[b], m is not None)
             return choice
         e = self._e[:B, :V]
         np.copyto(e, logits)  # then subtract in float64: a casting subtract is 2x slower on a batch
@@ -353,7 +362,7 @@ class Sampler:
 
     def _top_k(self, logits: np.ndarray, k: int, mask) -> np.ndarray | None:
         """The indices (ascending) of the tokens whose logit reaches the k-th largest
-        unmasked logit (ties stay, as in `sample`); None when k is large, with the
+        unmasked logit (ties stay, as in `sample`); None when k is beyond `FEW`, with the
         tokens' 0/1 flags left in self._flag for the whole-row route.
 
         The k-th largest value is found without partitioning the whole row (27 us): the
@@ -379,8 +388,8 @@ class Sampler:
                 values = logits[candidates]
                 return candidates[values >= np.partition(values, -k)[-k]]
         x = logits
-        if mask is not None:  # the allowed tokens only: masked ones at -inf
-            x = self._scratch
+        if mask is not None:  # the allowed tokens only: masked ones at -inf (in the logits' own precision)
+            x = self._scratch if logits.dtype == self._scratch.dtype else np.empty(self.vocab_size, logits.dtype)
             np.copyto(x, logits)
             np.putmask(x, mask, -np.inf)
         if small:
@@ -397,22 +406,27 @@ class Sampler:
             kth = -np.finfo(np.float64).max
         if small:
             return candidates[values >= kth]
+        if k <= FEW:  # a few hundred kept: drawn among them, as `sample` draws (the very same tokens)
+            return np.flatnonzero(x >= kth)
         np.greater_equal(x, kth, out=self._flag[: self.vocab_size])
         return None
 
-    def _draw_among(self, logits: np.ndarray, kept: np.ndarray, settings: SamplingSettings, u: float) -> int:
+    def _draw_among(self, logits: np.ndarray, kept: np.ndarray, settings: SamplingSettings, u: float,
+                    masked: bool = False) -> int:
         """One token among the few `kept` (ascending indices) with uniform u, the way
         `sample` draws: index order for top-p 1.0, else the nucleus sorted likeliest
         first (ties in index order)."""
         if len(kept) == 0:
             raise ValueError(_ALL_INF)
         z = logits[kept].astype(np.float64)
+        if z.max() == -np.inf:  # what the mask allows (or all there is) is -inf
+            raise ValueError(_ONLY_INF_LEFT if masked else _ALL_INF)
         if settings.temperature != 1.0:
             z /= settings.temperature
         p = np.exp(z - z.max())
         p /= p.sum()  # normalised as `sample` normalises, so a cut at exactly top_p falls the same way
         if settings.top_p < 1.0:
-            order = np.argsort(-z, kind="stable")  # z ranks as p does, ties in index order
+            order = np.argsort(-p, kind="stable")  # by p as `sample` sorts (exp may merge near z), ties by index
             cumulative = np.cumsum(p[order])
             n = min(int(cumulative.searchsorted(settings.top_p)) + 1, len(p))
             i = int(cumulative[:n].searchsorted(u * cumulative[n - 1], "right"))
@@ -469,3 +483,4 @@ class Sampler:
 
 _NOTHING_LEFT = "every token is forbidden by the mask"
 _ALL_INF = "every logit is -inf: no token can be drawn"
+_ONLY_INF_LEFT = "every token the mask allows has logit -inf: no token can be drawn"

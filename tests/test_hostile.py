@@ -530,7 +530,8 @@ def test_a_reply_hosts_scope_is_checked_and_written_one_way():
     assert reply_host("127.0.0.1") == "127.0.0.1"
     assert reply_host("fe80::1%eth0") == "fe80::1%eth0" and reply_host("FE80::0:1%2") == "fe80::1%2"
     assert reply_host("::FFFF:127.0.0.1") == "::ffff:7f00:1"
-    for host in ("127.0.0.1%" + "é" * 70, "127.0.0.1%eth0", "fe80::1%" + "a" * 60000, "fe80::1%eth 0", "2001:db8::1%1"):
+    for host in ("127.0.0.1%" + "é" * 70, "127.0.0.1%eth0", "fe80::1%" + "a" * 60000, "fe80::1%eth 0",
+                 "2001:db8::1%1"):
         with pytest.raises(ControlError, match="scope"):
             reply_host(host)
     assert local_ip(ip_address("127.0.0.1")) and not local_ip(ip_address("192.0.2.77"))

@@ -269,3 +269,65 @@ def test_sampler_top_k_when_the_mask_crowds_the_top():
                 np.testing.assert_array_equal(got, sample(rows, settings, ra, mask))
                 assert not mask[got].any()
         assert ra.bit_generator.state == rb.bit_generator.state
+
+
+# ------------------------------------------------ found by review (2026-12-07), each failing before
+
+
+def _same_tokens(logits, settings, mask=None, n=200, seed=0):
+    from ensemble.sampling import Sampler
+
+    s = Sampler(logits.shape[-1])
+    ra, rb = np.random.default_rng(seed), np.random.default_rng(seed)
+    want = [sample(logits, settings, ra, mask) for _ in range(n)]
+    got = [s(logits, settings, rb, mask) for _ in range(n)]
+    assert got == want and ra.bit_generator.state == rb.bit_generator.state
+
+
+@pytest.mark.parametrize("V,k", [(233, 118), (1830, 300), (3660, 241), (3660, 512)])
+def test_top_k_up_to_512_draws_the_very_tokens_of_sample_with_top_p(V, k):
+    """Between the group count (~240) and 512 the kept tokens were drawn by rejection."""
+    logits = np.random.default_rng(0).normal(size=V).astype(np.float32)
+    _same_tokens(logits, SamplingSettings(top_k=k, top_p=0.95))
+
+
+def test_float64_logits_keep_their_precision_under_a_mask():
+    x = np.full(100, -5.0)
+    x[:50] = 10.0  # the likeliest, all masked: the allowed tokens are ranked again
+    x[50:60] = 1.0 + np.arange(10) * 1e-9  # distinct in float64, one value in float32
+    mask = np.zeros(100, dtype=bool)
+    mask[:50] = True
+    _same_tokens(x, SamplingSettings(top_k=3), mask)
+
+
+def test_near_equal_logits_that_exp_merges_rank_as_in_sample():
+    x = np.array([0.1, np.nextafter(0.1, 1), -3, -3, -3])  # equal probabilities: index order decides
+    _same_tokens(x, SamplingSettings(top_k=2, top_p=0.5))
+
+
+def test_ties_at_the_nucleus_candidates_cut_are_taken_in_index_order():
+    """`sample` partitions out 256 candidates; tied tokens at that cut were picked at random."""
+    p = np.zeros(500)
+    p[np.random.default_rng(1).permutation(500)[:100]] = 1.0
+    logits = p  # 100 tokens at 1.0, 400 at 0.0: ties everywhere
+    z = np.exp(logits - logits.max())
+    z /= z.sum()
+    order = np.argsort(-z, kind="stable")
+    n = int(np.searchsorted(np.cumsum(z[order]), 0.6)) + 1
+    nucleus = set(order[:n].tolist())
+    draws = sample(np.tile(logits, (4000, 1)), SamplingSettings(top_p=0.6), np.random.default_rng(2))
+    assert set(draws.tolist()) <= nucleus
+
+
+def test_a_row_left_with_only_minus_inf_raises_in_both_samplers():
+    from ensemble.sampling import Sampler
+
+    x = np.array([1.0, -np.inf, -np.inf])
+    mask = np.array([True, False, False])
+    for settings in (SamplingSettings(), SamplingSettings(top_p=0.5), SamplingSettings(top_k=1),
+                     SamplingSettings(greedy=True)):
+        for draw in (sample, Sampler(3)):
+            with pytest.raises(ValueError, match="mask allows has logit -inf"):
+                draw(x, settings, np.random.default_rng(0), mask)
+            with pytest.raises(ValueError, match="every logit is -inf"):
+                draw(np.full(3, -np.inf), settings, np.random.default_rng(0))

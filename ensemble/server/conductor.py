@@ -36,8 +36,9 @@ from ensemble.server import snapshot
 from ensemble.errors import UserError
 from ensemble.server.config import MODES, ServerConfig
 from ensemble.settings import check_value
-from ensemble.messages import (LOCAL, MAX_ID, ControlError, Event, EventError, Goodbye, Hello, Origin, Output,  # noqa: F401
-                               Panic, Play, Reset, SetMode, SetParam, StatusRequest, Transport, check_id)
+from ensemble.messages import (  # noqa: F401 (MAX_ID and check_id: imported from here too)
+    LOCAL, MAX_ID, ControlError, Event, EventError, Goodbye, Hello, Origin, Output, Panic, Play, Reset, SetMode,
+    SetParam, StatusRequest, Transport, check_id)
 from ensemble.server.events import OutEvent, adapter_for
 from ensemble.server.performer import Performer
 from ensemble.server.recorder import Recorder
