@@ -102,8 +102,9 @@ def reply_host(host: str) -> str:
 
 
 def local_ip(ip) -> bool:
-    """Whether an address is one of this machine's own (a socket can be bound to it). At
-    hello time only: a bind is a system call, never a packet, and never blocks."""
+    """Whether an address is one of this machine's own (a socket can be bound to it): a
+    system call, never a packet, never a lookup, so it never blocks. Asked only of
+    addresses that name this server's port, and cached (`OscServer._local`)."""
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -181,7 +182,6 @@ class OscServer:
         self.loopback = self._is_loopback(cfg.host)
         self.loop = conductor.loop
         self.sock: socket.socket | None = None
-        self.own: set[tuple[str, int]] = set()  # where this server listens: never a reply address
         self.performer_limit = RateLimiter(cfg.performer_rate)
         self.quiet = QuietLog(log, cfg.error_rate, burst=2 * cfg.error_rate)  # errors + log lines per source
         self.admission = Admission(cfg.allow, cfg.rate_limit, self.loopback, self.quiet)
@@ -210,18 +210,7 @@ class OscServer:
         self.loop.add_reader(sock.fileno(), self._readable)
         bound = sock.getsockname()[:2]
         self.port = bound[1]
-        self.own = {(ip, self.port) for ip in self._local_addresses(bound[0])}
         return bound
-
-    @staticmethod
-    def _local_addresses(bound: str) -> set[str]:
-        """Addresses that reach this very socket (at start-up only: a lookup may block)."""
-        found = {bound, "127.0.0.1", "::1", "0.0.0.0", "::"}
-        try:
-            found.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None))
-        except OSError:
-            pass
-        return found
 
     def _host(self, host: str) -> tuple:
         """(ip address, admin?) of a numeric host, from a bounded cache: parsing an address
@@ -240,7 +229,7 @@ class OscServer:
         ip = ip if ip is not None else self._host(address[0])[0]
         if getattr(ip, "ipv4_mapped", None) is not None:  # ::ffff:127.0.0.1 is 127.0.0.1
             ip = ip.ipv4_mapped
-        return ip.is_loopback or ip.is_unspecified or (str(ip), self.port) in self.own or self._local(ip)
+        return ip.is_loopback or ip.is_unspecified or self._local(ip)
 
     def _local(self, ip) -> bool:
         """One of this machine's addresses (its LAN address when bound to 0.0.0.0, say), from

@@ -344,6 +344,9 @@ class Conductor:
         self._flush_soon = False
         while self.pending:
             pending, self.pending = self.pending, []
+            if len(pending) == 1:  # the usual case: one event, nothing to group
+                self._step(pending)
+                continue
             batches: list[list[Pending]] = []
             nth: dict[int, int] = {}
             for e in pending:  # one event per performer per engine call, in linear time
