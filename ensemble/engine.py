@@ -322,6 +322,12 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         self.bank = bank
 
+    @property
+    def label(self) -> str:
+        """The engine as the ready line and `bench step` name it: its kind, and anything
+        this machine changed about how it computes."""
+        return f"{self.kind} engine"
+
     # slots
     @property
     def capacity(self) -> int:

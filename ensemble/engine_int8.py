@@ -5,7 +5,8 @@ goes into reading the weights: a 2 x 1024 LSTM over 3,660 tokens is 20.5 M weigh
 82 MB in float32, which one core here streams in 3-4 ms (the float32 numpy engine's
 floor, `ensemble bench step` prints it). In int8 the same weights are 20.5 MB and stay
 in the 32 MB L3 cache, and the products run on the CPU's int8 dot-product instructions
-(AVX512-VNNI here). numpy has no int8 matrix product; onnxruntime has two that matter:
+(AVX512-VNNI where the CPU has it; see `column_bits` for AVX2 alone). numpy has no
+int8 matrix product; onnxruntime has two that matter:
 
 - ``MatMulNBits`` (made for token-by-token decoding): weights in blocks of `BLOCK` (128)
   inputs with one float scale each, activations quantised per row and block as they
@@ -49,6 +50,8 @@ Install it with ``pip install 'ensemble[int8]'`` (onnxruntime, onnx); `ensemble 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ensemble import engine as float_engine
@@ -60,6 +63,7 @@ BLOCK = 128  # MatMulNBits: inputs per quantisation block (one float scale each)
 H_SCALE = 1.0 / 127.0  # the batch graph: hidden states lie in (-1, 1), uint8 128 + round(h * 127)
 BATCH_FROM = 3  # batches of this many slots or more run the batch graph: measured crossover, 2x1024 to 2x128
 OPSET = 17
+IR_VERSION = 8  # the ONNX IR version that came with opset 17 (see _serialise)
 
 
 def _require():
@@ -92,13 +96,47 @@ def dequantize_blocks(q: np.ndarray, scale: np.ndarray, K: int) -> np.ndarray:
     return w.reshape(N, blocks * block)[:, :K].T
 
 
-def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quantize_columns(w: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """A (K inputs, N outputs) float matrix -> int8 (K, N) and one scale per output
-    column (N,) float32: w ~ q * scale, symmetric, an all-zero column scale 1."""
-    scale = np.abs(w).max(axis=0) / 127.0
+    column (N,) float32: w ~ q * scale, symmetric, an all-zero column scale 1. `bits`
+    7 keeps q in [-63, 63] (see `column_bits`)."""
+    top = 2 ** (bits - 1) - 1
+    scale = np.abs(w).max(axis=0) / top
     scale[scale == 0] = 1.0
-    q = np.clip(np.rint(w / scale), -127, 127)
+    q = np.clip(np.rint(w / scale), -top, top)
     return q.astype(np.int8), scale.astype(np.float32)
+
+
+@functools.cache
+def column_bits() -> int:
+    """8, or 7 where this CPU's uint8 x int8 product saturates: the bits the batch
+    graph's weight columns get.
+
+    Without VNNI (AVX2 only: AMD EPYC Zen 2/3, older Intel), onnxruntime's MLAS kernel
+    multiplies uint8 activations by int8 weights with vpmaddubsw, which adds each pair of
+    products into a *saturating* int16: 2 x 255 x 127 = 64,770 does not fit, and a hidden
+    state near +1 (uint8 255) against large weights comes out clipped, 20-30 % of the
+    largest logit off, silently (measured on an AVX2 EPYC, onnxruntime 1.32). Weights in
+    [-63, 63] keep every pair within 2 x 255 x 63 = 32,130; onnxruntime's own quantiser
+    offers the same (`reduce_range`). Which kernel runs is onnxruntime's choice, so it is
+    probed, not guessed from CPU flags: one product whose every pair would saturate, at
+    one row and at 16 (the two paths MLAS takes), checked against the exact sum."""
+    _require()
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    K, N = 256, 32
+    g = _Graph(batched=True, bits=8)
+    g.rename(g.linear("x", np.full((K, N), 1.0), None, "w"), "y")  # every weight quantises to 127
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(g.nodes, "probe", [helper.make_tensor_value_info("x", f32, ["B", K])],
+                              [helper.make_tensor_value_info("y", f32, ["B", N])], g.initializers)
+    session = ort.InferenceSession(_serialise(graph), _options(ort), providers=["CPUExecutionProvider"])
+    for rows in (1, 16):
+        x = np.ones((rows, K), dtype=np.float32)  # uint8 255 with zero point 128: h = 127/127
+        if not np.allclose(session.run(None, {"x": x})[0], K, rtol=1e-3):
+            return 7
+    return 8
 
 
 def dequantize_columns(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -112,13 +150,14 @@ def _table_fits(vocab: int, width: int) -> bool:
 
 class _Graph:
     """An ONNX graph for one step, written node by node. `batched`: products of hidden
-    states run as fixed-scale MatMulIntegerToFloat (the batch graph), else MatMulNBits."""
+    states run as fixed-scale MatMulIntegerToFloat (the batch graph, weight columns of
+    `bits`), else MatMulNBits."""
 
-    def __init__(self, batched: bool):
+    def __init__(self, batched: bool, bits: int = 8):
         from onnx import helper, numpy_helper
 
         self.helper, self.numpy_helper = helper, numpy_helper
-        self.batched = batched
+        self.batched, self.bits = batched, bits
         self.nodes, self.initializers = [], []
         self.names = 0
 
@@ -173,7 +212,7 @@ class _Graph:
             return self.blocks(h, w, bias, hint)
         h_scale, zero = self.const(np.float32(H_SCALE), hint + "_hs"), self.const(np.uint8(128), hint + "_hz")
         hq = self.op("QuantizeLinear", [h, h_scale, zero])
-        q, scale = quantize_columns(w)
+        q, scale = quantize_columns(w, self.bits)
         inputs = [hq, self.const(q, hint + "_q"), h_scale, self.const(scale, hint + "_s"), zero]
         if bias is not None:
             inputs += ["", self.const(bias.astype(np.float32), hint + "_b")]
@@ -214,16 +253,17 @@ def input_table(weights) -> np.ndarray | None:
     return np.ascontiguousarray(embedding @ w + (0.0 if bias is None else bias), dtype=np.float32)
 
 
-def build_step_model(weights, batched: bool = False, table: bool = True) -> bytes:
+def build_step_model(weights, batched: bool = False, table: bool = True, bits: int = 8) -> bytes:
     """The serialised ONNX model of one step: x0 (B, gates) float32, the input table's
     rows (`table`), or tokens (B,) int64; h (B, L*H), c (B, L*H) -> logits (B, vocab),
-    h', c' (c only for LSTM). `batched`: the batch graph (see the module doc)."""
+    h', c' (c only for LSTM). `batched`: the batch graph (see the module doc), its
+    weight columns of `bits` (`column_bits`)."""
     from onnx import TensorProto, helper
 
     cfg = weights.config
     L, H, cell = cfg.layers, cfg.hidden, cfg.cell
     a = {k: np.asarray(v, dtype=np.float64) for k, v in weights.arrays.items()}
-    g = _Graph(batched)
+    g = _Graph(batched, bits)
     gates = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
     splits = g.const(np.full(gates, H, dtype=np.int64), "split")
     hs, cs = [], []
@@ -288,9 +328,31 @@ def build_step_model(weights, batched: bool = False, table: bool = True) -> byte
     shapes = {"logits": ["B", cfg.vocab_size], "h_out": ["B", L * H], "c_out": ["B", L * H]}
     graph = helper.make_graph(g.nodes, "ensemble_step", inputs,
                               [helper.make_tensor_value_info(n, f32, shapes[n]) for n in outputs], g.initializers)
-    model = helper.make_model(graph, producer_name="ensemble",
+    return _serialise(graph)
+
+
+def _serialise(graph) -> bytes:
+    """A graph as a model file onnxruntime reads: opset 17 and Microsoft's domain, at
+    the IR version opset 17 came with (8). onnx writes its own latest IR version
+    otherwise, which an older onnxruntime refuses ("Unsupported model IR version: 14",
+    onnx 1.23 beside onnxruntime 1.31)."""
+    from onnx import helper
+
+    model = helper.make_model(graph, producer_name="ensemble", ir_version=IR_VERSION,
                               opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
     return model.SerializeToString()
+
+
+def _options(ort):
+    """Session options for a live step: one thread (as the numpy engine: a step is too
+    small to split), sequential, every graph optimisation, warnings off."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
 
 
 class Int8Engine(Engine):
@@ -306,21 +368,24 @@ class Int8Engine(Engine):
         cfg = weights.config
         super().__init__(weights, StateBank(cfg.layers, cfg.hidden, cfg.cell == "lstm", slots))
         self.layers, self.hidden, self.cell = cfg.layers, cfg.hidden, cfg.cell
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # as the numpy engine: a live step is too small to split
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options = _options(ort)
         self.input_table = input_table(weights)
         table = self.input_table is not None
-        make = lambda batched: ort.InferenceSession(build_step_model(weights, batched, table), options,  # noqa: E731
-                                                    providers=["CPUExecutionProvider"])
+        self.column_bits = column_bits()
+        make = lambda batched: ort.InferenceSession(  # noqa: E731
+            build_step_model(weights, batched, table, self.column_bits), options, providers=["CPUExecutionProvider"])
         # one slot: MatMulNBits, the fastest one-row product; batches: fixed-scale int8
         # columns, whose 16 rows cost ~1.5x one (MatMulNBits' cost 4-6x)
         self.session, self.batch_session = make(False), make(True)
         self.weight_bytes = self._step_bytes(cfg, table)
         self.int8_weights = self._int8_weights(cfg)
+
+    @property
+    def label(self) -> str:
+        if self.column_bits == 8:
+            return "int8 engine"
+        return (f"int8 engine, {self.column_bits}-bit weight columns in batches "
+                "(this CPU's uint8 x int8 product saturates at 8 bits)")
 
     @staticmethod
     def _int8_weights(cfg) -> int:
@@ -368,18 +433,13 @@ def product_rate(n: int = 512, repeats: int = 5) -> float:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    g = _Graph(batched=True)
+    g = _Graph(batched=True, bits=column_bits())
     rng = np.random.default_rng(0)
     g.rename(g.linear("x", rng.uniform(-1, 1, (n, n)), None, "w"), "y")
     f32 = TensorProto.FLOAT
     graph = helper.make_graph(g.nodes, "product", [helper.make_tensor_value_info("x", f32, [n, n])],
                               [helper.make_tensor_value_info("y", f32, [n, n])], g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                    helper.make_opsetid("com.microsoft", 1)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(_serialise(graph), _options(ort), providers=["CPUExecutionProvider"])
     feeds = {"x": rng.uniform(-1, 1, (n, n)).astype(np.float32)}
     session.run(None, feeds)
     best = float("inf")

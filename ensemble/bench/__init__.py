@@ -303,12 +303,14 @@ def bench_step(args: argparse.Namespace) -> int:
     as_served = (settings.temperature, settings.top_k, settings.top_p) == (served.temperature, served.top_k,
                                                                              served.top_p)
 
-    rows, floors, flops = [], {}, {}
+    rows, floors, flops, settings_notes = [], {}, {}, []
     with threads_limited(args.threads or None) as limits:
         bandwidth = None if args.no_floor else memory_bandwidth()
         rates = {}
         for kind in kinds:
             engine = make_engine(model, kind, slots=max(args.batch))
+            if engine.label != f"{kind} engine":  # how this machine changed the engine's computing
+                settings_notes.append(engine.label)
             floors[kind] = weight_bytes(engine)
             flops[kind] = step_flops(engine)
             if not args.no_floor and flops[kind]:
@@ -321,7 +323,7 @@ def bench_step(args: argparse.Namespace) -> int:
                 call_med, call_p99 = percentiles_us(step_ns + sample_ns)
                 rows.append([kind, batch, call_med, call_p99, call_med / batch, call_p99 / batch,
                              percentiles_us(step_ns)[0], percentiles_us(sample_ns)[0]])
-        settings_lines = thread_settings()  # after the engines: torch appears if the torch engine ran
+        settings_lines = thread_settings() + settings_notes  # after the engines: torch appears if it ran
         if not limits.blas_set:
             settings_lines.append(f"(numpy BLAS threads could not be set to {args.threads} in this process)")
 

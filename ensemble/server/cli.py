@@ -102,7 +102,7 @@ async def serve(cfg: ServerConfig, ready=None, stop: asyncio.Event | None = None
             "recording": str(recorder.path) if recorder else None,
             "web": f"http://{web_host}:{web_port}/" if web is not None else None}
     print(f"ensemble: ready on udp {host}:{port}, model {ckpt.name} ({ckpt.codec.name} codec, "
-          f"{ckpt.codec.vocab_size} tokens, {m.layers}x{m.hidden} {m.cell}, {conductor.engine.kind} engine), "
+          f"{ckpt.codec.vocab_size} tokens, {m.layers}x{m.hidden} {m.cell}, {conductor.engine.label}), "
           f"replies to port {cfg.reply_port}"
           + (f", recording to {recorder.path}" if recorder else ", not recording")
           + (f", browsers on {info['web']}" if web is not None else "")
