@@ -186,11 +186,17 @@ class Sampler:
         self.block = min((d for d in range(BLOCK // 2, 2 * BLOCK + 1) if V % d == 0),
                          key=lambda d: abs(d - BLOCK), default=BLOCK)
         self.blocks = -(-V // self.block)
-        self.group_size = -(-V // GROUPS)           # top-k: tokens per strided group ...
+        # top-k: tokens per strided group (a divisor of V near V / GROUPS where there is one,
+        # so that no leftover tokens need copying on every call) ...
+        size = -(-V // GROUPS)
+        self.group_size = min((d for d in range(max(1, size // 2), 2 * size + 1) if V % d == 0),
+                              key=lambda d: abs(d - V / GROUPS), default=size)
         self.groups = V // self.group_size          # ... and groups, plus V % size groups of one
         self._ones = np.ones(self.block)
         self._flag = np.empty(self.blocks * self.block)  # 0/1 floats: top-k keep flags, nucleus test
         self._gmax = np.empty(self.groups + V - self.groups * self.group_size)
+        self._gmax_head = self._gmax[: self.groups]  # the strided groups' maxima (a view made once)
+        self._above = np.empty(V, dtype=bool)       # top-k: tokens at or above the bound (and allowed)
         self._keep = np.empty(V)                    # 1.0 where a shared mask allows the token
         self._grow(max_batch)
 
@@ -373,17 +379,15 @@ class Sampler:
         mask the maxima are taken over every token and the bound lowered to the 4k-th
         group maximum; if fewer than k allowed tokens reach it (masked tokens crowd the
         top), the maxima are taken again over the allowed tokens only."""
-        G, q = self.groups, self.group_size
         gmax = self._gmax
         small = k <= min(len(gmax), FEW)
         if small:
-            np.maximum.reduce(logits[: q * G].reshape(q, G), axis=0, out=gmax[:G])
-            gmax[G:] = logits[q * G :]  # the leftover tokens: groups of one
+            self._group_maxima(logits)
             r = k if mask is None else min(4 * k, len(gmax))
-            bound = np.partition(gmax, -r)[-r]
-            candidates = np.flatnonzero(logits >= bound)
-            if mask is not None:
-                candidates = candidates[~mask[candidates]]
+            above = np.greater_equal(logits, np.partition(gmax, -r)[-r], out=self._above)
+            if mask is not None:  # at or above the bound and allowed: a > b is a and not b
+                np.greater(above, mask, out=above)
+            candidates = above.nonzero()[0]  # (flatnonzero wraps this in a ravel)
             if len(candidates) >= k:  # always so without a mask
                 values = logits[candidates]
                 return candidates[values >= np.partition(values, -k)[-k]]
@@ -393,8 +397,7 @@ class Sampler:
             np.copyto(x, logits)
             np.putmask(x, mask, -np.inf)
         if small:
-            np.maximum.reduce(x[: q * G].reshape(q, G), axis=0, out=gmax[:G])
-            gmax[G:] = x[q * G :]
+            self._group_maxima(x)
             candidates = np.flatnonzero(x >= np.partition(gmax, -k)[-k])
             values = x[candidates]
             kth = np.partition(values, -k)[-k]
@@ -411,6 +414,14 @@ class Sampler:
         np.greater_equal(x, kth, out=self._flag[: self.vocab_size])
         return None
 
+    def _group_maxima(self, x: np.ndarray) -> None:
+        """self._gmax = the maximum of each strided group of x, then x's leftover tokens
+        (groups of one)."""
+        G, q = self.groups, self.group_size
+        np.maximum.reduce(x[: q * G].reshape(q, G), axis=0, out=self._gmax_head)
+        if q * G < len(x):
+            self._gmax[G:] = x[q * G :]
+
     def _draw_among(self, logits: np.ndarray, kept: np.ndarray, settings: SamplingSettings, u: float,
                     masked: bool = False) -> int:
         """One token among the few `kept` (ascending indices) with uniform u, the way
@@ -418,18 +429,27 @@ class Sampler:
         first (ties in index order)."""
         if len(kept) == 0:
             raise ValueError(_ALL_INF)
-        z = logits[kept].astype(np.float64)
-        if z.max() == -np.inf:  # what the mask allows (or all there is) is -inf
+        x = logits[kept]
+        # the largest before the division: x / T (T > 0) has its largest at the same token,
+        # and top / T is the very float64 `sample` subtracts (one division, the same operands)
+        top = float(x.max())
+        if top == -np.inf:  # what the mask allows (or all there is) is -inf
             raise ValueError(_ONLY_INF_LEFT if masked else _ALL_INF)
         if settings.temperature != 1.0:
-            z /= settings.temperature
-        p = np.exp(z - z.max())
+            z = np.divide(x, settings.temperature, dtype=np.float64)  # in float64, as `sample` divides
+            top /= settings.temperature
+        else:
+            z = x.astype(np.float64)
+        np.subtract(z, top, out=z)
+        p = np.exp(z, out=z)
         p /= p.sum()  # normalised as `sample` normalises, so a cut at exactly top_p falls the same way
         if settings.top_p < 1.0:
             order = np.argsort(-p, kind="stable")  # by p as `sample` sorts (exp may merge near z), ties by index
             cumulative = np.cumsum(p[order])
             n = min(int(cumulative.searchsorted(settings.top_p)) + 1, len(p))
-            i = int(cumulative[:n].searchsorted(u * cumulative[n - 1], "right"))
+            # u * cumulative[n - 1] <= cumulative[n - 1]: the whole array gives the prefix's answer,
+            # up to the min below
+            i = int(cumulative.searchsorted(u * cumulative[n - 1], "right"))
             return int(kept[order[min(i, n - 1)]])
         cumulative = np.cumsum(p)
         i = min(int(np.count_nonzero(cumulative <= u * cumulative[-1])), len(p) - 1)
