@@ -187,6 +187,12 @@ def _check_weights(weights_path: Path, state: dict, model_config: ModelConfig) -
     for key, shape in expected.items():
         if tuple(state[key].shape) != shape:
             raise CheckpointError(f"{weights_path}: {key} has shape {tuple(state[key].shape)}, the config needs {shape}")
+    # a diverged run or a damaged file: its NaN logits would fail every event's sampling
+    for key in expected:
+        a = state[key]
+        finite = a.isfinite().all() if hasattr(a, "isfinite") else np.isfinite(a).all()  # torch or numpy
+        if not finite:
+            raise CheckpointError(f"{weights_path}: {key} holds NaN or infinity (a diverged run or a damaged file)")
 
 
 def _meta(config: dict) -> dict:

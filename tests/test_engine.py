@@ -425,6 +425,25 @@ def test_load_live_gives_the_same_engine_without_torch(notes_model, tmp_path):
         checkpoint.load_live(bad)
 
 
+def test_weights_with_nan_or_infinity_are_refused_by_both_loaders(notes_model, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from ensemble import checkpoint
+
+    state = load_file(str(notes_model / "weights.safetensors"))
+    for value in (np.nan, np.inf):
+        bad = tmp_path / f"bad-{value}"
+        bad.mkdir()
+        (bad / "config.json").write_text((notes_model / "config.json").read_text())
+        broken = dict(state)
+        broken["head.bias"] = broken["head.bias"].copy()
+        broken["head.bias"][3] = value
+        save_file(broken, str(bad / "weights.safetensors"))
+        for load in (checkpoint.load_live, checkpoint.load):
+            with pytest.raises(checkpoint.CheckpointError, match="head.bias holds NaN or infinity"):
+                load(bad)
+
+
 def test_weight_shapes_match_the_torch_model():
     from ensemble.model_types import weight_shapes
 
