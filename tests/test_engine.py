@@ -398,7 +398,8 @@ def test_load_live_gives_the_same_engine_without_torch(notes_model, tmp_path):
             "from ensemble.sampling import SamplingSettings; import numpy as np; "
             f"c = checkpoint.load_live({str(notes_model)!r}); e = make_engine(c.model); s = e.alloc_slot(); "
             "Sampler(e.vocab_size)(e.step([s], [1]), SamplingSettings(top_p=0.95), np.random.default_rng(0)); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert 'mido' not in sys.modules, 'mido imported (MIDI files are not read on the live path)'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     # broken folders: the same one-line errors as `load`
     bad = tmp_path / "bad"

@@ -28,9 +28,10 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import mido
+if TYPE_CHECKING:  # mido is imported where MIDI files are read or written: the live server
+    import mido  # loads codecs and never does either (mido's import is ~40 ms of start-up)
 
 from ensemble.codecs import CodecError
 
@@ -72,6 +73,8 @@ def notes_from_midi(midi: mido.MidiFile, max_note_seconds: float = DEFAULT_MAX_N
     `channels` (0-based) keeps only those channels, e.g. ``range(16)`` minus 9 to leave
     the General MIDI drums out; None keeps them all.
     """
+    import mido
+
     if not isinstance(midi, mido.MidiFile):
         raise CodecError(f"expected a mido.MidiFile, got {type(midi).__name__}")
     if not max_note_seconds > 0:
@@ -165,6 +168,8 @@ def midi_from_notes(notes: Sequence[Note], ticks_per_beat: int = DEFAULT_TICKS_P
     Every note-on gets its note-off: a same-pitch overlap becomes a re-strike, a note
     shorter than one tick lasts one tick, and at equal times note-offs come first.
     """
+    import mido
+
     if not 0 <= channel <= 15:
         raise CodecError(f"channel must be 0..15, got {channel!r}")
     ticks_per_second = ticks_per_beat * 1e6 / tempo

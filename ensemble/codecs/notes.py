@@ -51,9 +51,10 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import mido
+if TYPE_CHECKING:  # mido is imported where MIDI files are read or written: the live server
+    import mido  # loads codecs and never does either (mido's import is ~40 ms of start-up)
 
 from ensemble.codecs import CodecError, register
 from ensemble.codecs.midi_notes import (
