@@ -351,7 +351,8 @@ def test_bench_step_loads_a_model_folder(tmp_path, capsys):
 
 def test_serve_imports_no_torch_and_answers(notes_model):
     """`ensemble serve` (a real process) starts, answers a played note, and never imports
-    torch: `python -X importtime` lists every module the process imported."""
+    torch (nor mido, with no MIDI port): `python -X importtime` lists every module the
+    process imported."""
     from ensemble.serverproc import start_server
     from oscpeer import OscPeer
 
@@ -371,6 +372,7 @@ def test_serve_imports_no_torch_and_answers(notes_model):
     imported = [row.split("|")[-1].strip() for row in err.splitlines() if row.startswith("import time:")]
     assert "ensemble.engine" in imported and "ensemble.server.conductor" in imported
     assert not [m for m in imported if m == "torch" or m.startswith("torch.")], "serve imported torch"
+    assert "mido" not in imported, "serve imported mido with no MIDI port asked for"
 
 
 def test_load_live_gives_the_same_engine_without_torch(notes_model, tmp_path):
