@@ -112,15 +112,16 @@ def column_bits() -> int:
     """8, or 7 where this CPU's uint8 x int8 product saturates: the bits the batch
     graph's weight columns get.
 
-    Without VNNI (AVX2 only: AMD EPYC Zen 2/3, older Intel), onnxruntime's MLAS kernel
+    Without VNNI (AVX2 only: AMD EPYC before Zen 4, older Intel), onnxruntime's MLAS kernel
     multiplies uint8 activations by int8 weights with vpmaddubsw, which adds each pair of
     products into a *saturating* int16: 2 x 255 x 127 = 64,770 does not fit, and a hidden
     state near +1 (uint8 255) against large weights comes out clipped, 20-30 % of the
-    largest logit off, silently (measured on an AVX2 EPYC, onnxruntime 1.32). Weights in
+    largest logit off, silently (measured on an EPYC Zen 1, onnxruntime 1.31 and 1.32). Weights in
     [-63, 63] keep every pair within 2 x 255 x 63 = 32,130; onnxruntime's own quantiser
     offers the same (`reduce_range`). Which kernel runs is onnxruntime's choice, so it is
     probed, not guessed from CPU flags: one product whose every pair would saturate, at
-    one row and at 16 (the two paths MLAS takes), checked against the exact sum."""
+    one row and at 16 (a one-row product may take another kernel), checked against the
+    exact sum."""
     _require()
     import onnxruntime as ort
     from onnx import TensorProto, helper
