@@ -185,11 +185,10 @@ def _check_weights(weights_path: Path, state: dict, model_config: ModelConfig) -
     if missing or extra:
         raise CheckpointError(f"{weights_path}: weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
     for key, shape in expected.items():
-        if tuple(state[key].shape) != shape:
-            raise CheckpointError(f"{weights_path}: {key} has shape {tuple(state[key].shape)}, the config needs {shape}")
-    # a diverged run or a damaged file: its NaN logits would fail every event's sampling
-    for key in expected:
         a = state[key]
+        if tuple(a.shape) != shape:
+            raise CheckpointError(f"{weights_path}: {key} has shape {tuple(a.shape)}, the config needs {shape}")
+        # a diverged run or a damaged file: its NaN logits would fail every event's sampling
         finite = a.isfinite().all() if hasattr(a, "isfinite") else np.isfinite(a).all()  # torch or numpy
         if not finite:
             raise CheckpointError(f"{weights_path}: {key} holds NaN or infinity (a diverged run or a damaged file)")

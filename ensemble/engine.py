@@ -322,11 +322,12 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         self.bank = bank
 
+    compute_note = ""  # what this machine changed about how the engine computes, if anything
+
     @property
     def label(self) -> str:
-        """The engine as the ready line and `bench step` name it: its kind, and anything
-        this machine changed about how it computes."""
-        return f"{self.kind} engine"
+        """The engine as the ready line and `bench step` name it."""
+        return f"{self.kind} engine" + (f", {self.compute_note}" if self.compute_note else "")
 
     # slots
     @property

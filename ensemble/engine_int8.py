@@ -382,11 +382,10 @@ class Int8Engine(Engine):
         self.int8_weights = self._int8_weights(cfg)
 
     @property
-    def label(self) -> str:
+    def compute_note(self) -> str:
         if self.column_bits == 8:
-            return "int8 engine"
-        return (f"int8 engine, {self.column_bits}-bit weight columns in batches "
-                "(this CPU's uint8 x int8 product saturates at 8 bits)")
+            return ""
+        return f"{self.column_bits}-bit weight columns in batches (this CPU's uint8 x int8 product saturates at 8 bits)"
 
     @staticmethod
     def _int8_weights(cfg) -> int:

@@ -309,7 +309,7 @@ def bench_step(args: argparse.Namespace) -> int:
         rates = {}
         for kind in kinds:
             engine = make_engine(model, kind, slots=max(args.batch))
-            if engine.label != f"{kind} engine":  # how this machine changed the engine's computing
+            if engine.compute_note:
                 settings_notes.append(engine.label)
             floors[kind] = weight_bytes(engine)
             flops[kind] = step_flops(engine)
