@@ -223,13 +223,42 @@ def _read_weights(folder, load_file):
     return folder, config, model_config, codec, state
 
 
+def _load_numpy(path: str) -> dict[str, np.ndarray]:
+    """safetensors' numpy loader, which also reads bfloat16: numpy has no bfloat16, so
+    safetensors refuses it, yet `load` reads such a file through torch, and `load_live`
+    must refuse no more than `load` does. A bfloat16 is the top half of a float32's bits.
+    Other dtypes numpy lacks (float8) end in one `CheckpointError` line."""
+    from safetensors import safe_open
+
+    state = {}
+    with safe_open(path, framework="np") as f:  # checks the header and every offset first
+        for key in f.keys():
+            dtype = f.get_slice(key).get_dtype()
+            if dtype == "BF16":
+                state[key] = _read_bfloat16(path, key)
+            else:
+                try:
+                    state[key] = f.get_tensor(key)
+                except (TypeError, AttributeError):  # numpy has no such dtype (safetensors 0.8 raises either)
+                    raise CheckpointError(f"{path}: {key} is {dtype}, a type the live loader cannot read "
+                                          f"(save float32, float16 or bfloat16)") from None
+    return state
+
+
+def _read_bfloat16(path: str, key: str) -> np.ndarray:
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(header_size))[key]
+        start, end = entry["data_offsets"]
+        bits = np.fromfile(f, dtype="<u2", count=(end - start) // 2, offset=start)
+    return (bits.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
+
+
 def load_live(folder) -> Checkpoint:
     """Load a model folder for the live server: the weights as float32 numpy arrays
     (`ModelWeights`, which has the model's `config`), without importing torch. Refuses
     exactly what `load` refuses."""
-    from safetensors.numpy import load_file
-
-    folder, config, model_config, codec, state = _read_weights(folder, load_file)
+    folder, config, model_config, codec, state = _read_weights(folder, _load_numpy)
     if any(a.dtype != np.float32 for a in state.values()):
         state = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
     model_type = config.get("model_type", TOKEN_RNN)

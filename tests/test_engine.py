@@ -447,6 +447,32 @@ def test_weights_with_nan_or_infinity_are_refused_by_both_loaders(notes_model, t
                 load(bad)
 
 
+def test_bfloat16_weights_load_live_as_they_load_in_torch(notes_model, tmp_path):
+    """numpy has no bfloat16 and safetensors' numpy loader refuses it; `load` reads it through
+    torch, so `load_live` must too, to the same float32 values. Float8, which the live loader
+    cannot read, is one CheckpointError line, not a TypeError."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ensemble import checkpoint
+
+    state = load_file(str(notes_model / "weights.safetensors"))
+    for dtype, readable in ((torch.bfloat16, True), (torch.float16, True), (torch.float8_e4m3fn, False)):
+        folder = tmp_path / str(dtype).removeprefix("torch.")
+        folder.mkdir()
+        (folder / "config.json").write_text((notes_model / "config.json").read_text())
+        save_file({k: v.to(dtype) for k, v in state.items()}, str(folder / "weights.safetensors"))
+        if not readable:
+            with pytest.raises(checkpoint.CheckpointError, match="float8|F8.*live loader cannot read"):
+                checkpoint.load_live(folder)
+            continue
+        live, full = checkpoint.load_live(folder).model.arrays, checkpoint.load(folder).model.state_dict()
+        for key, value in full.items():
+            assert live[key].dtype == np.float32
+            np.testing.assert_array_equal(live[key], value.numpy(), err_msg=key)
+            assert not np.array_equal(live[key], state[key].numpy()), "the file was not saved in reduced precision"
+
+
 def test_weight_shapes_match_the_torch_model():
     from ensemble.model_types import weight_shapes
 
