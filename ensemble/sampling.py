@@ -437,8 +437,8 @@ class Sampler:
         """One token among the few `kept` (ascending indices) with uniform u, the way
         `sample` draws: index order for top-p 1.0, else the nucleus sorted likeliest
         first (ties in index order)."""
-        if len(kept) == 0:
-            raise ValueError(_ALL_INF)
+        if len(kept) == 0:  # every token top-k could keep is -inf
+            raise ValueError(_ONLY_INF_LEFT if masked else _ALL_INF)
         x = logits[kept]
         # the largest before the division: x / T (T > 0) has its largest at the same token,
         # and top / T is the very float64 `sample` subtracts (one division, the same operands)

@@ -331,3 +331,13 @@ def test_a_row_left_with_only_minus_inf_raises_in_both_samplers():
                 draw(x, settings, np.random.default_rng(0), mask)
             with pytest.raises(ValueError, match="every logit is -inf"):
                 draw(np.full(3, -np.inf), settings, np.random.default_rng(0))
+    # a vocabulary large enough for the live sampler's top-k route, whose kept set comes out empty
+    V = 300
+    x = np.full(V, -np.inf)
+    x[:5] = 1.0
+    mask = np.arange(V) < 5
+    for k in (1, 3, 40, V - 1):
+        for top_p in (1.0, 0.9):
+            for draw in (sample, Sampler(V)):
+                with pytest.raises(ValueError, match="mask allows has logit -inf"):
+                    draw(x, SamplingSettings(top_k=k, top_p=top_p), np.random.default_rng(0), mask)
