@@ -230,34 +230,43 @@ def _load_numpy(path: str) -> dict[str, np.ndarray]:
     Other dtypes numpy lacks (float8) end in one `CheckpointError` line."""
     from safetensors import safe_open
 
-    state = {}
+    state, bfloat16 = {}, []
     with safe_open(path, framework="np") as f:  # checks the header and every offset first
         for key in f.keys():
             dtype = f.get_slice(key).get_dtype()
             if dtype == "BF16":
-                state[key] = _read_bfloat16(path, key)
-            else:
-                try:
-                    state[key] = f.get_tensor(key)
-                except (TypeError, AttributeError):  # numpy has no such dtype (safetensors 0.8 raises either)
-                    raise CheckpointError(f"{path}: {key} is {dtype}, a type the live loader cannot read "
-                                          f"(save float32, float16 or bfloat16)") from None
+                bfloat16.append(key)
+                continue
+            try:
+                state[key] = f.get_tensor(key)
+            except (TypeError, AttributeError):  # numpy has no such dtype (safetensors 0.8 raises either)
+                raise CheckpointError(f"{path}: {key} is {dtype}, a type the live loader cannot read "
+                                      f"(save float32, float16 or bfloat16)") from None
+    if bfloat16:
+        state.update(_read_bfloat16(path, bfloat16))
     return state
 
 
-def _read_bfloat16(path: str, key: str) -> np.ndarray:
+def _read_bfloat16(path: str, keys: list[str]) -> dict[str, np.ndarray]:
+    """The bfloat16 tensors `keys` of a safetensors file safe_open has already checked:
+    an 8-byte little-endian header size, the JSON header, then the data."""
+    out = {}
     with open(path, "rb") as f:
         header_size = int.from_bytes(f.read(8), "little")
-        entry = json.loads(f.read(header_size))[key]
-        start, end = entry["data_offsets"]
-        bits = np.fromfile(f, dtype="<u2", count=(end - start) // 2, offset=start)
-    return (bits.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
+        header = json.loads(f.read(header_size))
+        data = 8 + header_size
+        for key in keys:
+            start, end = header[key]["data_offsets"]
+            f.seek(data + start)
+            bits = np.fromfile(f, dtype="<u2", count=(end - start) // 2)
+            out[key] = (bits.astype(np.uint32) << 16).view(np.float32).reshape(header[key]["shape"])
+    return out
 
 
 def load_live(folder) -> Checkpoint:
     """Load a model folder for the live server: the weights as float32 numpy arrays
     (`ModelWeights`, which has the model's `config`), without importing torch. Refuses
-    exactly what `load` refuses."""
+    what `load` refuses, and float8 weights (numpy has no float8)."""
     folder, config, model_config, codec, state = _read_weights(folder, _load_numpy)
     if any(a.dtype != np.float32 for a in state.values()):
         state = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
