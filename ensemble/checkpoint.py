@@ -188,10 +188,23 @@ def _check_weights(weights_path: Path, state: dict, model_config: ModelConfig) -
         a = state[key]
         if tuple(a.shape) != shape:
             raise CheckpointError(f"{weights_path}: {key} has shape {tuple(a.shape)}, the config needs {shape}")
-        # a diverged run or a damaged file: its NaN logits would fail every event's sampling
-        finite = a.isfinite().all() if hasattr(a, "isfinite") else np.isfinite(a).all()  # torch or numpy
+        # a diverged run or a damaged file: its NaN logits would fail every event's sampling.
+        # Checked as the float32 both loaders make of it: a float64 beyond float32's range is
+        # infinite there (and torch has no isfinite for float8)
+        if hasattr(a, "isfinite"):  # torch
+            finite = bool(a.float().isfinite().all())
+        else:
+            with np.errstate(over="ignore"):
+                finite = bool(np.isfinite(a.astype(np.float32, copy=False)).all())
         if not finite:
-            raise CheckpointError(f"{weights_path}: {key} holds NaN or infinity (a diverged run or a damaged file)")
+            raise CheckpointError(f"{weights_path}: {key} holds NaN or infinity as float32 "
+                                  f"(a diverged run or a damaged file)")
+    if getattr(model_config, "tie", False) and "embed.weight" in state and "head.weight" in state:
+        embed, head = state["embed.weight"], state["head.weight"]
+        same = bool((embed == head).all()) if hasattr(embed, "isfinite") else np.array_equal(embed, head)
+        if not same:  # one matrix in the model: which of the two would be used is the loader's accident
+            raise CheckpointError(f"{weights_path}: the config ties the embedding and the output layer, "
+                                  f"but embed.weight and head.weight differ")
 
 
 def _meta(config: dict) -> dict:
