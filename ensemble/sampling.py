@@ -296,6 +296,8 @@ class Sampler:
             self._masked_logits(z, logits, 1.0, mask)
             return np.argmax(z, axis=1)
         if 0 < k < V:  # row by row: each row's kept tokens are few
+            if mask is not None and mask.ndim == 2 and mask.all(axis=1).any():
+                raise ValueError(_NOTHING_LEFT)  # before any row's own error, as `sample` checks
             u = rng.random(B).tolist()
             choice = np.empty(B, dtype=np.intp)
             for b in range(B):

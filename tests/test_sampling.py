@@ -341,3 +341,13 @@ def test_a_row_left_with_only_minus_inf_raises_in_both_samplers():
             for draw in (sample, Sampler(V)):
                 with pytest.raises(ValueError, match="mask allows has logit -inf"):
                     draw(x, SamplingSettings(top_k=k, top_p=top_p), np.random.default_rng(0), mask)
+    # a batch: one row left with only -inf, a later row fully masked; `sample` names the mask
+    x = np.zeros((2, V))
+    x[0, 5:] = -np.inf
+    mask = np.zeros((2, V), dtype=bool)
+    mask[0, :5] = True
+    mask[1] = True
+    for k in (0, 3):
+        for draw in (sample, Sampler(V)):
+            with pytest.raises(ValueError, match="forbidden by the mask"):
+                draw(x, SamplingSettings(top_k=k), np.random.default_rng(0), mask)
