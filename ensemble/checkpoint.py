@@ -200,9 +200,8 @@ def _check_weights(weights_path: Path, state: dict, model_config: ModelConfig) -
             raise CheckpointError(f"{weights_path}: {key} holds NaN or infinity as float32 "
                                   f"(a diverged run or a damaged file)")
     if getattr(model_config, "tie", False) and "embed.weight" in state and "head.weight" in state:
-        embed, head = state["embed.weight"], state["head.weight"]
-        same = bool((embed == head).all()) if hasattr(embed, "isfinite") else np.array_equal(embed, head)
-        if not same:  # one matrix in the model: which of the two would be used is the loader's accident
+        if not bool((state["embed.weight"] == state["head.weight"]).all()):  # (torch or numpy; shapes checked)
+            # one matrix in the model: which of the two would be used is the loader's accident
             raise CheckpointError(f"{weights_path}: the config ties the embedding and the output layer, "
                                   f"but embed.weight and head.weight differ")
 

@@ -439,12 +439,10 @@ class Sampler:
         """One token among the few `kept` (ascending indices) with uniform u, the way
         `sample` draws: index order for top-p 1.0, else the nucleus sorted likeliest
         first (ties in index order)."""
-        if len(kept) == 0:  # every token top-k could keep is -inf
-            raise ValueError(_ONLY_INF_LEFT if masked else _ALL_INF)
         x = logits[kept]
         # the largest before the division: x / T (T > 0) has its largest at the same token,
         # and top / T is the very float64 `sample` subtracts (one division, the same operands)
-        top = float(np.maximum.reduce(x))
+        top = float(np.maximum.reduce(x)) if len(x) else -np.inf  # none kept: every candidate was -inf
         if top == -np.inf:  # what the mask allows (or all there is) is -inf
             raise ValueError(_ONLY_INF_LEFT if masked else _ALL_INF)
         if settings.temperature != 1.0:
