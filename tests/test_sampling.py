@@ -351,3 +351,37 @@ def test_a_row_left_with_only_minus_inf_raises_in_both_samplers():
         for draw in (sample, Sampler(V)):
             with pytest.raises(ValueError, match="forbidden by the mask"):
                 draw(x, SamplingSettings(top_k=k), np.random.default_rng(0), mask)
+
+
+# ------------------------------------------------ the batched top-k route (2026-12-07)
+
+
+def test_a_batch_on_the_top_k_route_draws_each_row_as_sample_does():
+    """From BATCHED_TOP_K rows the top-k rows are drawn together; the rows that route
+    cannot take (the mask crowds the top, fewer finite logits than k) go alone, in
+    their place in the batch, and every row gets `sample`'s token from the same seed."""
+    from ensemble.sampling import BATCHED_TOP_K
+
+    V, gen = 700, np.random.default_rng(21)
+    x = gen.normal(size=(BATCHED_TOP_K + 4, V)) * 3
+    x[1] = np.round(x[1])                   # ties at the k-th value
+    x[2] = 0.0                              # every token tied
+    x[3, 20:] = -np.inf                     # fewer finite logits than k: goes alone
+    x[4, :60] += 50.0                       # the likeliest, masked below: goes alone
+    mask = np.zeros(x.shape, dtype=bool)
+    mask[4, :60] = True
+    mask[5, gen.random(V) < 0.5] = True
+    for logits in (x, x.astype(np.float32)):
+        for settings in (SamplingSettings(temperature=0.8, top_k=40, top_p=0.95), SamplingSettings(top_k=5),
+                         SamplingSettings(top_k=1), SamplingSettings(temperature=1.3, top_k=300, top_p=0.5)):
+            sampler = Sampler(V)
+            ra, rb = np.random.default_rng(8), np.random.default_rng(8)
+            for _ in range(30):
+                np.testing.assert_array_equal(sampler(logits, settings, rb, mask), sample(logits, settings, ra, mask))
+            assert ra.bit_generator.state == rb.bit_generator.state
+    # a row whose allowed tokens are all -inf raises as it does alone, the others drawn or not
+    only_inf = x.copy()
+    only_inf[6, :] = -np.inf
+    for draw in (sample, Sampler(V)):
+        with pytest.raises(ValueError, match="mask allows"):
+            draw(only_inf, SamplingSettings(top_k=40), np.random.default_rng(0), mask)
