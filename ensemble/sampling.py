@@ -305,7 +305,10 @@ class Sampler:
             u = rng.random(B)
             choice = np.empty(B, dtype=np.intp)
             alone = range(B)
-            if B >= BATCHED_TOP_K and k <= min(len(self._gmax), FEW) and logits.dtype.kind == "f":
+            # float32 and float64 only (numpy's float16 arithmetic is slow), finite temperatures
+            # (inf / inf would turn the padding into NaN)
+            if B >= BATCHED_TOP_K and k <= min(len(self._gmax), FEW) and logits.dtype.char in "fd" \
+                    and settings.temperature < np.inf:
                 alone = self._many_top_k(logits, settings, mask, u, choice)
             for b in alone:  # row by row, in row order: the rows the batched route left
                 m = None if mask is None else (mask if mask.ndim == 1 else mask[b])
@@ -396,7 +399,17 @@ class Sampler:
         if mask is not None:  # at or above the bound and allowed
             np.greater(above, mask, out=above)
         flat = above.reshape(-1).nonzero()[0]  # every row's candidates, row after row, ascending
-        values, index, _ = _padded(flat, V, B, logits.reshape(-1))
+        bounds = flat.searchsorted(np.arange(0, (B + 1) * V, V))
+        # a row with far more candidates than the bound promises (ties at the top, a row of
+        # zeros, a mask written into the logits as -1e9) would widen every row's padding:
+        # it goes alone (taken out here, its padded row is all -inf, so its k-th value too)
+        wide = bounds[1:] - bounds[:-1] > 2 * r + 64
+        if wide.any():
+            if B - np.add.reduce(wide) < BATCHED_TOP_K:  # too few rows left to gain from a batch
+                return list(range(B))
+            flat = flat[~wide[flat // V]]
+            bounds = None
+        values, index, _ = _padded(flat, V, B, logits.reshape(-1), bounds=bounds)
         if values.shape[1] < k:
             return list(range(B))
         kth = np.partition(values, -k, axis=1)[:, -k]
@@ -583,12 +596,14 @@ class Sampler:
         return ahead - ei * (n_ties - 1 - n_before) < threshold
 
 
-def _padded(flat: np.ndarray, width: int, rows: int, values: np.ndarray, index: np.ndarray | None = None):
+def _padded(flat: np.ndarray, width: int, rows: int, values: np.ndarray, index: np.ndarray | None = None,
+            bounds: np.ndarray | None = None):
     """Scatter the chosen entries of `rows` rows (`flat`: ascending indices into the
-    rows laid end to end, each `width` long) into (rows, widest) arrays, left aligned:
-    their values, padded with -inf, and their column (or index[flat]), padded with 0;
-    plus each row's count."""
-    bounds = flat.searchsorted(np.arange(0, (rows + 1) * width, width))
+    rows laid end to end, each `width` long; `bounds`: where each row starts in flat,
+    if known) into (rows, widest) arrays, left aligned: their values, padded with -inf,
+    and their column (or index[flat]), padded with 0; plus each row's count."""
+    if bounds is None:
+        bounds = flat.searchsorted(np.arange(0, (rows + 1) * width, width))
     counts = bounds[1:] - bounds[:-1]
     widest = int(counts.max())
     row = flat // width

@@ -385,3 +385,26 @@ def test_a_batch_on_the_top_k_route_draws_each_row_as_sample_does():
     for draw in (sample, Sampler(V)):
         with pytest.raises(ValueError, match="mask allows"):
             draw(only_inf, SamplingSettings(top_k=40), np.random.default_rng(0), mask)
+
+
+def test_a_batch_on_the_top_k_route_equals_its_rows_drawn_one_by_one():
+    """The batch draws one uniform per row in row order, as one-row calls do, so the two
+    must agree token for token; an infinite temperature (every kept token equally
+    likely) once made the batch's -inf padding NaN and drew each row's first token."""
+    from ensemble.sampling import BATCHED_TOP_K
+
+    V, gen = 300, np.random.default_rng(4)
+    x = gen.normal(size=(BATCHED_TOP_K + 3, V))
+    x[0] = 0.0                    # a row of zeros: every token a candidate, drawn alone
+    x[1] = -3e4                   # a mask written into the logits (finite in float16 too)
+    x[1, :10] = gen.normal(size=10)
+    for logits in (x, x.astype(np.float32), x.astype(np.float16)):
+        for settings in (SamplingSettings(temperature=float("inf"), top_k=5),
+                         SamplingSettings(temperature=float("inf"), top_k=5, top_p=0.5),
+                         SamplingSettings(temperature=0.9, top_k=40, top_p=0.95)):
+            sampler = Sampler(V)
+            ra, rb = np.random.default_rng(2), np.random.default_rng(2)
+            for _ in range(20):
+                rows = [sampler(row, settings, ra) for row in logits]
+                assert sampler(logits, settings, rb).tolist() == rows
+            assert ra.bit_generator.state == rb.bit_generator.state
