@@ -175,9 +175,10 @@ class Sampler:
     so B rows cost less than B calls. With top-k too, from `BATCHED_TOP_K` rows on
     (below, the ~70 numpy calls of the batched route cost more than the rows alone):
     the group maxima, the bound and the kept tokens of every row at once, then one
-    padded draw (16 rows of 3,660 in 0.45x the time of 16 calls). Sums are taken in a different order than
-    `sample`'s, so a draw could differ only where the uniform falls within float
-    rounding (~1e-16) of a token boundary.
+    padded draw (16 rows of 3,660 in 0.4-0.6x the time of 16 calls). Sums are taken
+    in a different order than `sample`'s, so a draw could differ only where the
+    uniform (or a top_p set to exactly a partial mass) falls within float rounding
+    (~1e-16) of a token boundary.
 
     On rows of a few dozen tokens each numpy call costs about a microsecond whatever
     it does, so the small steps call the ufuncs and arrays directly (`np.add.accumulate`,
@@ -378,8 +379,9 @@ class Sampler:
         each numpy call then runs over all B rows, where row by row it would be called B
         times for a few dozen tokens. Writes choice[b] for each row it draws and returns
         the rows it leaves to the one-row code, in order: too few allowed tokens at the
-        bound (masked tokens crowd the top), or a -inf among the kept (or only -inf:
-        that row raises there, as it would alone). The kept tokens, their order and the
+        bound (masked tokens crowd the top), far more candidates than the bound promises
+        (ties at the top), or a -inf among the kept (or only -inf: that row raises
+        there, as it would alone). The kept tokens, their order and the
         walk are `_draw_among`'s, on rows padded with zero mass after the kept tokens.
 
         Rows of different lengths are handled as flat index arrays (a 2-D nonzero or
