@@ -24,9 +24,10 @@ def random_text(rng: random.Random) -> str:
     return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
 
 
-def random_number(rng: random.Random):
+def random_value(rng: random.Random):
+    """A number, or now and then a string (a hello's output, a setting's name or value)."""
     return rng.choice([rng.randrange(-2**40, 2**40), rng.randrange(128), rng.uniform(-1, 1), rng.random() * 1e-9,
-                       rng.uniform(-1e300, 1e300), 0.0, -0.0, 1.0, 5e-324])
+                       rng.uniform(-1e300, 1e300), 0.0, -0.0, 1.0, 5e-324, random_text(rng)])
 
 
 def test_every_line_is_the_very_text_json_dumps_writes():
@@ -34,7 +35,7 @@ def test_every_line_is_the_very_text_json_dumps_writes():
     for _ in range(5000):
         event = (round(rng.random() * 10 ** rng.randrange(0, 7), 6), rng.choice(["in", "out"]), random_text(rng),
                  rng.choice(["note", "touch", "gesture", random_text(rng)]),
-                 tuple(random_number(rng) for _ in range(rng.randrange(0, 4))), random_text(rng),
+                 tuple(random_value(rng) for _ in range(rng.randrange(0, 4))), random_text(rng),
                  rng.choice([None, rng.randrange(1, 10**9)]), rng.choice([None, rng.randrange(0, 40000)]))
         assert event_line(*event) == as_json(*event), event
 
@@ -50,6 +51,18 @@ def test_values_json_cannot_write_fast_are_still_lines_json_reads():
     line = event_line(2.0, "out", "p", "note", (np.int64(61), np.float32(0.5)), "s", np.int64(3), np.intp(7))
     assert json.loads(line) == {"t": 2.0, "dir": "out", "performer": "p", "kind": "note", "values": [61, 0.5],
                                 "source": "s", "seq": 3, "token": 7}
+
+
+def test_a_value_nothing_can_write_costs_its_own_line_only(tmp_path):
+    recorder = Recorder(tmp_path, {})
+    recorder.open()
+    for values in [(60, 90), (np.longdouble(1.5),), (61, 90), ({(1, 2): 3},), (62, 90)]:
+        recorder._pending.append((1.0, "in", "p", "note", values, "s", None, None))
+    recorder._write_pending()  # (what the loop runs after a turn that recorded all five)
+    recorder.close()
+    lines = [json.loads(line) for line in recorder.path.open()][1:]
+    assert [e["values"] for e in lines] == [[60, 90], ["1.5"], [61, 90], [62, 90]]  # a longdouble as its text
+    assert recorder.lines == 4 and recorder.failed == 1  # tuple keys: no JSON at all
 
 
 def test_a_recorded_session_reads_back_event_for_event(tmp_path):
